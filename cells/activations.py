@@ -1,0 +1,56 @@
+"""Gate activations and their derivatives, each derivative under its function.
+
+Derivatives are taken with respect to the pre-activation ``a``.  Using the
+gate's output instead is a classic derivation bug (see the seeds): for the hard
+sigmoid it makes the slope 0.2 everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["GATES", "sigmoid", "sigmoid_grad", "hard_sigmoid", "hard_sigmoid_grad",
+           "tanh_grad_from_output", "log_softmax"]
+
+
+def sigmoid(a):
+    """sigma(a) = 1 / (1 + exp(-a)), computed without overflow."""
+    out = np.empty_like(a)
+    pos = a >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-a[pos]))
+    e = np.exp(a[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+def sigmoid_grad(a, g):
+    """d sigma / d a = sigma(a) (1 - sigma(a)); ``g`` is sigma(a)."""
+    return g * (1.0 - g)
+
+
+def hard_sigmoid(a):
+    """hard_sigma(a) = clip(0.2 a + 0.5, 0, 1)."""
+    return np.clip(0.2 * a + 0.5, 0.0, 1.0)
+
+
+def hard_sigmoid_grad(a, g):
+    """d hard_sigma / d a = 0.2 inside -2.5 < a < 2.5, else 0 (kinks at +-2.5 take 0)."""
+    return np.where((a > -2.5) & (a < 2.5), 0.2, 0.0)
+
+
+def tanh_grad_from_output(n):
+    """d tanh(a) / d a = 1 - tanh(a)^2, from the output ``n = tanh(a)``."""
+    return 1.0 - n * n
+
+
+def log_softmax(logits):
+    """log softmax over the last axis, shifted by the max for stability."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+# name -> (function, derivative(a, g))
+GATES = {
+    "sigmoid": (sigmoid, sigmoid_grad),
+    "hard": (hard_sigmoid, hard_sigmoid_grad),
+}

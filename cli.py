@@ -1,0 +1,178 @@
+"""The ``gradcheck`` command line.
+
+Exit codes: 0 every comparison passes; 1 a gradient mismatch; 2 a usage or
+input error (one line on stderr naming the problem); 3 an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["make_parser", "main", "EXIT_PASS", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_INTERNAL"]
+
+EXIT_PASS, EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+EXIT_CODES = """\
+exit codes:
+  0  every oracle pair agrees on every parameter
+  1  a gradient mismatch (or the forward passes disagree)
+  2  a usage or input error, named in one line on stderr
+  3  an internal error (rerun with --traceback to see it)
+"""
+
+CHECK_EXAMPLES = """\
+examples:
+  gradcheck check gru
+      the reference GRU, all three oracles, default sizes
+  gradcheck check gru --reset after --gate hard --readout mean --layers 2
+      the cuDNN/torch reset convention, hard-sigmoid gates, mean pooling, 2 layers
+  gradcheck check gru --embedding --vocab 50 --steps 12 --seed 7 --json
+      token-id inputs through an embedding; one JSON object on stdout
+  gradcheck check gru --oracles analytic,numeric --atol 1e-8
+      no symbolic backend needed; a tighter absolute tolerance
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 2**63 - 1")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gradcheck",
+        description="Verify hand-written BPTT gradients of recurrent cells against "
+                    "finite differences and autodiff.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of an internal error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    check = sub.add_parser(
+        "check", help="check a cell's gradients with two or three oracles",
+        description="Check a built-in cell: seeded random parameters and data, its hand-written "
+                    "gradient (analytic), central finite differences (numeric) and the symbolic "
+                    "version's gradient (autodiff), compared pairwise.",
+        epilog=CHECK_EXAMPLES + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("cell", help="the cell to check (see 'gradcheck list')")
+    sizes = check.add_argument_group("sizes")
+    sizes.add_argument("--steps", type=_positive_int, default=5, metavar="T", help="sequence length (default 5)")
+    sizes.add_argument("--batch", type=_positive_int, default=3, metavar="B", help="batch size (default 3)")
+    sizes.add_argument("--input", type=_positive_int, default=4, metavar="D", help="input or embedding width (default 4)")
+    sizes.add_argument("--hidden", type=_positive_int, default=5, metavar="H", help="hidden units per layer (default 5)")
+    sizes.add_argument("--layers", type=_positive_int, default=1, metavar="L", help="stacked layers (default 1)")
+    sizes.add_argument("--vocab", type=_positive_int, default=7, metavar="V", help="vocabulary size with --embedding (default 7)")
+    sizes.add_argument("--classes", type=_positive_int, default=3, metavar="C", help="readout classes (default 3)")
+    sizes.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random draw (default 0)")
+    variant = check.add_argument_group("variant")
+    variant.add_argument("--reset", choices=("before", "after"), default="before",
+                         help="reset gate before the recurrent matmul (Cho et al.) or after it (cuDNN, torch); default before")
+    variant.add_argument("--gate", choices=("sigmoid", "hard"), default="sigmoid",
+                         help="gate activation: logistic sigmoid or clip(0.2a + 0.5, 0, 1); default sigmoid")
+    variant.add_argument("--readout", choices=("lm", "mean"), default="lm",
+                         help="per-step softmax (language model) or masked mean pooling + softmax; default lm")
+    variant.add_argument("--embedding", action="store_true", help="token-id inputs through an embedding")
+    how = check.add_argument_group("checking")
+    how.add_argument("--oracles", default="analytic,numeric,autodiff", metavar="LIST",
+                     help="comma-separated subset of analytic,numeric,autodiff (at least two; default all)")
+    how.add_argument("--atol", type=_positive_float, default=None, metavar="X",
+                     help="absolute tolerance (default per dtype: 1e-6 for float64)")
+    how.add_argument("--rtol", type=_positive_float, default=None, metavar="X",
+                     help="relative tolerance (default per dtype: 1e-5 for float64)")
+    how.add_argument("--backend", choices=("pytensor", "theano"), default="pytensor",
+                     help="library of the symbolic (autodiff) cell; default pytensor")
+    how.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+    sub.add_parser("list", help="list the built-in cells",
+                   description="List the built-in cells that 'gradcheck check' accepts.")
+    return parser
+
+
+def _run_check(args) -> int:
+    from gradcheck.check import parse_oracles
+    from gradcheck.runner import check_builtin
+    from gradcheck.text_report import format_result
+
+    oracles = parse_oracles(args.oracles)
+    result = check_builtin(
+        args.cell, steps=args.steps, batch=args.batch, seed=args.seed, oracles=oracles,
+        atol=args.atol, rtol=args.rtol, backend=args.backend,
+        input_size=args.input, hidden_size=args.hidden, layers=args.layers,
+        classes=args.classes, vocab=args.vocab, reset=args.reset, gate=args.gate,
+        readout=args.readout, embedding=args.embedding)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(format_result(result))
+    return EXIT_PASS if result.passed else EXIT_MISMATCH
+
+
+def _run_list(args) -> int:
+    from cells import CELLS
+
+    width = max(len(name) for name in CELLS)
+    for name, entry in CELLS.items():
+        print(f"{name.ljust(width)}  {entry.description}")
+    return EXIT_PASS
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            return _run_check(args)
+        return _run_list(args)
+    except (ValueError, ImportError) as exc:
+        sys.stderr.write(f"gradcheck {args.command}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("gradcheck: interrupted\n")
+        return 130
+    except Exception as exc:  # an internal error: one line unless asked for more
+        if args.traceback:
+            raise
+        sys.stderr.write(f"gradcheck {args.command}: internal error: {type(exc).__name__}: {exc} "
+                         "(rerun with --traceback)\n")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

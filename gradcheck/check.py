@@ -1,0 +1,221 @@
+"""Run the oracles on one cell and compare every pair.
+
+The oracles:
+
+- ``analytic``: the cell's hand-written backward pass, ``cell.gradient(params, batch)``;
+- ``numeric``: central finite differences of ``cell.loss(params, batch)``;
+- ``autodiff``: the symbolic cell's gradient, ``symbolic.gradient(params, batch)``.
+
+With three oracles, a parameter on which exactly the two pairs that involve
+one oracle fail, while the third pair agrees, names that oracle the odd one out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from gradcheck.compare import Comparison, compare_gradients
+from gradcheck.finite_differences import central_differences
+from gradcheck.params import validate_params
+from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
+
+__all__ = ["ORACLES", "CheckResult", "check_gradients", "odd_one_out", "parse_oracles"]
+
+ORACLES = ("analytic", "numeric", "autodiff")
+# NumPy and symbolic forward passes compute the same function to rounding
+FORWARD_TOLERANCE = Tolerance(atol=1e-12, rtol=1e-9)
+
+
+def parse_oracles(oracles) -> tuple[str, ...]:
+    """Validate a comma-separated string or sequence of oracle names (at least two)."""
+    if isinstance(oracles, str):
+        oracles = [o.strip() for o in oracles.split(",") if o.strip()]
+    oracles = tuple(oracles)
+    unknown = [o for o in oracles if o not in ORACLES]
+    if unknown:
+        raise ValueError(f"unknown oracle {unknown[0]!r}: choose from {', '.join(ORACLES)}")
+    if len(set(oracles)) != len(oracles):
+        raise ValueError(f"oracles {','.join(oracles)} name one oracle twice")
+    if len(oracles) < 2:
+        raise ValueError(f"oracles={','.join(oracles) or 'none'}: at least two are needed to compare")
+    return tuple(o for o in ORACLES if o in oracles)   # canonical order
+
+
+def odd_one_out(passed: dict[tuple[str, str], bool]) -> str | None:
+    """The oracle whose pairs, and only those, fail; None when there is no such oracle."""
+    oracles = sorted({o for pair in passed for o in pair})
+    if len(oracles) < 3:
+        return None
+    failing = {pair for pair, ok in passed.items() if not ok}
+    for oracle in oracles:
+        if failing == {pair for pair in passed if oracle in pair}:
+            return oracle
+    return None
+
+
+@dataclass
+class CheckResult:
+    """Everything one check found; ``as_dict()`` is the JSON contract."""
+
+    seed: int | None
+    cell: dict
+    oracles: tuple[str, ...]
+    comparisons: list[Comparison]
+    losses: dict[str, float]
+    timings: dict[str, float]
+    forward_ok: bool = True
+    notes: list[str] = field(default_factory=list)
+    command: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.forward_ok and all(c.passed for c in self.comparisons)
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "fail"
+
+    def parameters(self) -> list[str]:
+        return list(dict.fromkeys(c.parameter for c in self.comparisons))
+
+    def odd_one_out_by_parameter(self) -> dict[str, str | None]:
+        """For each failing parameter, the odd oracle (or None when undecided)."""
+        out = {}
+        for name in self.parameters():
+            comps = [c for c in self.comparisons if c.parameter == name]
+            if all(c.passed for c in comps):
+                continue
+            out[name] = odd_one_out({c.oracles: c.passed for c in comps})
+        return out
+
+    def odd_one_out(self) -> str | None:
+        """The one oracle that is odd on every failing parameter, if there is one."""
+        odd = set(self.odd_one_out_by_parameter().values())
+        return odd.pop() if len(odd) == 1 and None not in odd else None
+
+    def worst_failure(self) -> Comparison | None:
+        failing = [c for c in self.comparisons if not c.passed]
+        return max(failing, key=lambda c: c.max_abs_error) if failing else None
+
+    def summary(self) -> str:
+        """One or two sentences: the verdict and, on failure, where."""
+        n_elems = sum(int(np.prod(c.shape)) for c in self.comparisons
+                      if c.oracles == self.comparisons[0].oracles) if self.comparisons else 0
+        pairs = len(list(combinations(self.oracles, 2)))
+        if self.passed:
+            text = (f"pass: {pairs} oracle pair{'s' if pairs > 1 else ''} "
+                    f"({', '.join(self.oracles)}) agree on {len(self.parameters())} "
+                    f"parameters ({n_elems} elements)")
+            kinks = sum(c.kinks for c in self.comparisons)
+            if kinks:
+                text += f"; {kinks} element comparisons sit on a kink and were not judged"
+            return text
+        parts = []
+        if not self.forward_ok:
+            parts.append("the NumPy and symbolic forward passes disagree "
+                         f"(loss {self.losses.get('numpy')!r} against {self.losses.get('symbolic')!r}): "
+                         "they compute different functions")
+        by_param = self.odd_one_out_by_parameter()
+        if by_param:
+            bad = []
+            for name, odd in by_param.items():
+                blocks = {}
+                for c in self.comparisons:
+                    if c.parameter == name and not c.passed:
+                        for blk, n in c.blocks_failed.items():
+                            blocks[blk] = max(blocks.get(blk, 0), n)
+                blk = [b for b, n in blocks.items() if n]
+                bad.append(name + (f" (block{'s' if len(blk) > 1 else ''} {', '.join(blk)})"
+                                   if blk else ""))
+            odd = self.odd_one_out()
+            if odd is not None:
+                others = [o for o in self.oracles if o != odd]
+                parts.append(f"{odd} is the odd one out: it disagrees with "
+                             f"{' and '.join(others)}, which agree, on {', '.join(bad)}")
+            else:
+                parts.append(f"mismatch on {', '.join(bad)}")
+            worst = self.worst_failure()
+            parts.append(f"worst: {worst.describe_worst()}")
+        return "fail: " + "; ".join(parts)
+
+    def as_dict(self) -> dict:
+        return {
+            "verdict": self.verdict,
+            "seed": self.seed,
+            "command": self.command,
+            "cell": self.cell,
+            "oracles": list(self.oracles),
+            "summary": self.summary(),
+            "odd_one_out": self.odd_one_out(),
+            "forward_agrees": self.forward_ok,
+            "losses": self.losses,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "notes": self.notes,
+            "comparisons": [c.as_dict() for c in self.comparisons],
+        }
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=None,
+                    rtol=None, seed=None, cell_info=None) -> CheckResult:
+    """Compare the gradients of ``cell`` at ``params`` on ``batch`` across oracles.
+
+    cell: has ``param_specs()``, ``loss(params, batch)`` and ``gradient(params, batch)``.
+    params: dict of named float arrays, matching ``cell.param_specs()``.
+    batch: the inputs, targets and mask passed to the cell.
+    symbolic: the autodiff oracle (``loss`` and ``gradient`` with the same signature).
+    oracles: names to compare (at least two); all available ones by default.
+    atol: absolute tolerance, a scalar or ``{dtype: value}``; per-dtype default.
+    rtol: relative tolerance, a scalar or ``{dtype: value}``; per-dtype default.
+    seed: the seed that produced params and batch, recorded in the result.
+    cell_info: the cell's configuration, recorded in the result.
+    """
+    if oracles is None:
+        oracles = ORACLES if symbolic is not None else ("analytic", "numeric")
+    oracles = parse_oracles(oracles)
+    if "autodiff" in oracles and symbolic is None:
+        raise ValueError("the autodiff oracle needs a symbolic cell (symbolic=...)")
+    specs = cell.param_specs()
+    validate_params(specs, params)
+    tolerances = {s.name: resolve_tolerance(np.asarray(params[s.name]).dtype, atol, rtol)
+                  for s in specs}
+    params64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    grads, losses, timings, kinks = {}, {}, {}, {}
+    if "analytic" in oracles:
+        (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
+            lambda: (cell.loss(params64, batch), cell.gradient(params64, batch)))
+        validate_params(specs, grads["analytic"], what="analytic gradient")
+    if "numeric" in oracles:
+        numeric, timings["numeric"] = _timed(
+            lambda: central_differences(lambda p: cell.loss(p, batch), params64))
+        grads["numeric"] = {k: v.value for k, v in numeric.items()}
+        kinks = {k: v.kinks for k, v in numeric.items()}
+        losses.setdefault("numpy", float(cell.loss(params64, batch)))
+    if "autodiff" in oracles:
+        (losses["symbolic"], grads["autodiff"]), timings["autodiff"] = _timed(
+            lambda: (symbolic.loss(params64, batch), symbolic.gradient(params64, batch)))
+        validate_params(specs, grads["autodiff"], what="autodiff gradient")
+
+    forward_ok = True
+    if "symbolic" in losses:
+        forward_ok = bool(agree(losses["numpy"], losses["symbolic"], FORWARD_TOLERANCE))
+
+    comparisons = []
+    for spec in specs:
+        for a, b in combinations(oracles, 2):
+            k = kinks.get(spec.name) if "numeric" in (a, b) else None
+            comparisons.append(compare_gradients(spec, (a, b), grads[a][spec.name],
+                                                 grads[b][spec.name], tolerances[spec.name], k))
+    return CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
+                       comparisons=comparisons, losses=losses, timings=timings,
+                       forward_ok=forward_ok)

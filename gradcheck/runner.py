@@ -1,0 +1,73 @@
+"""Check a built-in cell from its configuration: draw parameters and data, run the oracles."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+
+from gradcheck.check import ORACLES, CheckResult, check_gradients, parse_oracles
+
+__all__ = ["check_builtin", "reproduce_command"]
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol) -> str:
+    """The CLI command that repeats this check exactly."""
+    flag = {"input_size": "--input", "hidden_size": "--hidden"}
+    args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
+            "--seed", str(seed)]
+    for key, value in config.items():
+        opt = flag.get(key, "--" + key.replace("_", "-"))
+        if isinstance(value, bool):
+            if value:
+                args.append(opt)
+        else:
+            args += [opt, str(value)]
+    if tuple(oracles) != ORACLES:
+        args += ["--oracles", ",".join(oracles)]
+    for opt, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not isinstance(value, dict):
+            args += [opt, repr(float(value))]
+    return shlex.join(args)
+
+
+def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: int | None = 0,
+                  oracles=ORACLES, atol=None, rtol=None, backend: str = "pytensor",
+                  **config) -> CheckResult:
+    """Check the built-in cell ``name`` on seeded random parameters and data.
+
+    name: a key of ``cells.CELLS`` ("gru").
+    steps: sequence length T.
+    batch: batch size B.
+    seed: seeds every random draw; ``None`` draws a fresh seed, recorded in the result.
+    oracles: at least two of "analytic", "numeric", "autodiff".
+    atol: absolute tolerance override (scalar or ``{dtype: value}``).
+    rtol: relative tolerance override (scalar or ``{dtype: value}``).
+    backend: the symbolic backend, "pytensor" or "theano".
+    config: the cell's configuration fields (see its config class).
+    """
+    from cells import get_cell
+
+    entry = get_cell(name)
+    _positive("steps", steps)
+    _positive("batch", batch)
+    oracles = parse_oracles(oracles)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2 ** 32))
+    cfg = entry.config_class(**config)
+    cell = entry.make(cfg)
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    data = cell.sample_batch(rng, steps, batch)
+    symbolic = entry.make_symbolic(cfg, backend) if "autodiff" in oracles else None
+    info = {"name": name, **cfg.as_dict(), "steps": steps, "batch": batch}
+    result = check_gradients(cell, params, data, symbolic=symbolic, oracles=oracles,
+                             atol=atol, rtol=rtol, seed=seed, cell_info=info)
+    result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
+                                       seed=seed, oracles=oracles, atol=atol, rtol=rtol)
+    return result

@@ -1,0 +1,1 @@
+"""HTML diff reports of gradient checks (see the localisation issue); not yet written."""

@@ -1,0 +1,32 @@
+"""Shared fixtures: every variant of the reference GRU, seeded data."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cells.gru import GRUConfig
+
+VARIANTS = [
+    dict(reset=reset, gate=gate, readout=readout, embedding=embedding, layers=layers)
+    for reset, gate, readout, embedding, layers in itertools.product(
+        ("before", "after"), ("sigmoid", "hard"), ("lm", "mean"), (False, True), (1, 2))
+]
+
+
+def variant_id(v):
+    return "-".join([v["reset"], v["gate"], v["readout"],
+                     "emb" if v["embedding"] else "dense", f"L{v['layers']}"])
+
+
+@pytest.fixture(params=VARIANTS, ids=variant_id)
+def config(request):
+    return GRUConfig(**request.param)
+
+
+def make_case(cell, seed=0, steps=5, batch=3, mask=None):
+    """Seeded parameters and batch for ``cell``."""
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    data = cell.sample_batch(rng, steps, batch, mask)
+    return params, data
