@@ -216,8 +216,12 @@ class GRU:
         """sum over leading axes of outer products x_i (outer) d_i: (..., P), (..., Q) -> (P, Q)."""
         return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
 
-    def gradient(self, params, batch: Batch, *, return_adjoints: bool = False):
-        """dL/dparams by hand-written BPTT.
+    def gradient(self, params, batch: Batch) -> dict[str, np.ndarray]:
+        """dL/dparams by hand-written BPTT."""
+        return self.loss_and_gradient(params, batch)[1]
+
+    def loss_and_gradient(self, params, batch: Batch, *, return_adjoints: bool = False):
+        """``(L, dL/dparams)`` by one forward pass and hand-written BPTT.
 
         With ``return_adjoints`` also returns ``{layer: dL/dh_t (T, B, H)}``,
         the total adjoint of each layer's state h_t.
@@ -226,7 +230,7 @@ class GRU:
         H = c.hidden_size
         m = batch.mask
         T, B = m.shape
-        _, cache = self.forward(params, batch)
+        loss, cache = self.forward(params, batch)
         grads = {name: np.zeros_like(value) for name, value in params.items()}
         V = params["V"]
 
@@ -306,5 +310,5 @@ class GRU:
             # x_t = E[ids_t]: scatter-add each step's input adjoint to its token's row
             np.add.at(grads["E"], batch.x, dabove)
         if return_adjoints:
-            return grads, adjoints
-        return grads
+            return loss, grads, adjoints
+        return loss, grads

@@ -159,6 +159,14 @@ class CheckResult:
         }
 
 
+def _loss_and_gradient(cell, params, batch):
+    """One call where the cell offers ``loss_and_gradient``, else two."""
+    if hasattr(cell, "loss_and_gradient"):
+        loss, grads = cell.loss_and_gradient(params, batch)
+        return float(loss), grads
+    return float(cell.loss(params, batch)), cell.gradient(params, batch)
+
+
 def _timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -193,7 +201,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     grads, losses, timings, kinks = {}, {}, {}, {}
     if "analytic" in oracles:
         (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
-            lambda: (cell.loss(params64, batch), cell.gradient(params64, batch)))
+            lambda: _loss_and_gradient(cell, params64, batch))
         validate_params(specs, grads["analytic"], what="analytic gradient")
     if "numeric" in oracles:
         numeric, timings["numeric"] = _timed(
@@ -203,7 +211,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         losses.setdefault("numpy", float(cell.loss(params64, batch)))
     if "autodiff" in oracles:
         (losses["symbolic"], grads["autodiff"]), timings["autodiff"] = _timed(
-            lambda: (symbolic.loss(params64, batch), symbolic.gradient(params64, batch)))
+            lambda: _loss_and_gradient(symbolic, params64, batch))
         validate_params(specs, grads["autodiff"], what="autodiff gradient")
 
     forward_ok = True

@@ -1,0 +1,69 @@
+"""The NumPy reference GRU: hand BPTT against finite differences in every variant."""
+
+import numpy as np
+import pytest
+
+from cells.gru import GRU, GRUConfig
+from conftest import make_case
+from gradcheck import check_gradients
+
+
+def test_analytic_matches_numeric_in_every_variant(config):
+    cell = GRU(config)
+    mask = np.ones((5, 3))
+    mask[3:, 1] = 0            # a right-padded sequence
+    mask[1, 2] = 0             # a hole
+    params, data = make_case(cell, seed=1, mask=mask)
+    result = check_gradients(cell, params, data, oracles="analytic,numeric", seed=1)
+    assert result.passed, result.summary()
+    # the errors are rounding-sized, far inside the tolerance, not just under it
+    assert max(c.max_abs_error for c in result.comparisons) < 1e-8
+
+
+def test_gradient_does_not_mutate_its_inputs(config):
+    cell = GRU(config)
+    params, data = make_case(cell)
+    before = {k: v.copy() for k, v in params.items()}, data.copy()
+    cell.gradient(params, data)
+    for k, v in before[0].items():
+        assert np.array_equal(params[k], v), k
+    assert np.array_equal(data.x, before[1].x) and np.array_equal(data.y, before[1].y)
+
+
+def test_reset_conventions_differ():
+    # the same parameters give different losses under the two conventions
+    before, after = GRU(GRUConfig(reset="before")), GRU(GRUConfig(reset="after"))
+    params, data = make_case(after)
+    shared = {k: v for k, v in params.items() if not k.startswith("bn")}
+    assert abs(before.loss(shared, data) - after.loss(params, data)) > 1e-6
+
+
+def test_hard_sigmoid_gate_is_clipped_linear():
+    from cells.activations import hard_sigmoid, hard_sigmoid_grad
+    a = np.array([-3.0, -2.5, 0.0, 1.0, 2.5, 3.0])
+    assert hard_sigmoid(a).tolist() == [0.0, 0.0, 0.5, 0.7, 1.0, 1.0]
+    assert hard_sigmoid_grad(a, hard_sigmoid(a)).tolist() == [0, 0, 0.2, 0.2, 0, 0]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", 0, "hidden_size=0 must be a positive integer"),
+    ("layers", -1, "layers=-1"),
+    ("reset", "sideways", "reset='sideways' is not one of before, after"),
+    ("gate", "relu", "gate='relu'"),
+    ("readout", "max", "readout='max'"),
+])
+def test_bad_config_is_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GRUConfig(**{field: value})
+
+
+def test_bad_batch_is_refused():
+    cell = GRU(GRUConfig())
+    params, data = make_case(cell)
+    data.x = data.x[..., :2]
+    with pytest.raises(ValueError, match=r"x must be \(T, B, 4\)"):
+        cell.check_inputs(params, data)
+    params, data = make_case(cell)
+    del params["U0"]
+    with pytest.raises(ValueError, match="missing U0"):
+        cell.check_inputs(params, data)
