@@ -107,8 +107,8 @@ class CheckResult:
                       if c.oracles == self.comparisons[0].oracles) if self.comparisons else 0
         pairs = len(list(combinations(self.oracles, 2)))
         if self.passed:
-            text = (f"pass: {pairs} oracle pair{'s' if pairs > 1 else ''} "
-                    f"({', '.join(self.oracles)}) agree on {len(self.parameters())} "
+            text = (f"pass: {'the oracle pair' if pairs == 1 else f'all {pairs} oracle pairs'} "
+                    f"({', '.join(self.oracles)}) agree{'s' if pairs == 1 else ''} on {len(self.parameters())} "
                     f"parameters ({n_elems} elements)")
             kinks = sum(c.kinks for c in self.comparisons)
             if kinks:

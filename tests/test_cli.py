@@ -104,3 +104,13 @@ def test_console_script_is_installed():
     from importlib.metadata import entry_points
     (ep,) = entry_points(group="console_scripts", name="gradcheck")
     assert ep.load() is main
+
+
+def test_default_check_runs_all_three_oracle_pairs(capsys):
+    code, out, _ = run(capsys, "check", "gru", "--json")
+    assert code == EXIT_PASS
+    doc = json.loads(out)
+    assert doc["oracles"] == ["analytic", "numeric", "autodiff"] and doc["forward_agrees"]
+    pairs = {tuple(c["oracles"]) for c in doc["comparisons"]}
+    assert pairs == {("analytic", "numeric"), ("analytic", "autodiff"), ("numeric", "autodiff")}
+    assert len(doc["comparisons"]) == 3 * 5
