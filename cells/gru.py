@@ -31,6 +31,7 @@ import numpy as np
 from cells.activations import GATES, log_softmax, tanh_grad_from_output
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
+from gradcheck.truncation import parse_truncation
 
 __all__ = ["GRUConfig", "GRU", "RESETS", "READOUTS"]
 
@@ -52,6 +53,8 @@ class GRUConfig:
     gate: "sigmoid" or "hard" (clip(0.2 a + 0.5, 0, 1)).
     readout: "lm" (per-step softmax) or "mean" (masked mean pooling, then softmax).
     embedding: inputs are token ids looked up in an embedding ``E`` (V, D).
+    truncate: -1 for full BPTT, else k >= 1 steps (see gradcheck.truncation).
+    truncation: "window" (BPTT(k), the seed blog) or "tail" (scan's truncate_gradient).
     """
 
     input_size: int = 4
@@ -63,6 +66,8 @@ class GRUConfig:
     gate: str = "sigmoid"
     readout: str = "lm"
     embedding: bool = False
+    truncate: int = -1
+    truncation: str = "window"
 
     def __post_init__(self):
         for name in ("input_size", "hidden_size", "layers", "classes", "vocab"):
@@ -74,6 +79,7 @@ class GRUConfig:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
+        parse_truncation(self.truncate, self.truncation)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +93,7 @@ class GRU:
     def __init__(self, config: GRUConfig | None = None, **kwargs):
         self.config = config if config is not None else GRUConfig(**kwargs)
         self.gate, self.gate_grad = GATES[self.config.gate]
+        self.truncation = parse_truncation(self.config.truncate, self.config.truncation)
 
     # ----------------------------------------------------------------- layout
     def param_specs(self) -> list[ParamSpec]:
@@ -154,58 +161,155 @@ class GRU:
             raise ValueError(f"class ids must lie in [0, {c.classes})")
         validate_mask(batch.mask, T, B)
 
-    # ---------------------------------------------------------------- forward
-    def forward(self, params, batch: Batch):
-        """Loss and the cache the backward pass needs."""
+    # -------------------------------------------------- one step, and its BPTT
+    def _layer_step(self, l, params, h, xp_t, m_t):
+        """h_t of layer l from h = h_{t-1} (B, H) and xp_t = x_t W + b (B, 3H).
+
+        Returns h_t and what the step's backward needs.
+        """
+        H = self.config.hidden_size
+        U = params[f"U{l}"]                                     # (H, 3H) r | z | h
+        a_rz = xp_t[:, :2 * H] + h @ U[:, :2 * H]               # (B, 2H) gate pre-activations
+        rz = self.gate(a_rz)
+        r, z = rz[:, :H], rz[:, H:]
+        if self.config.reset == "before":
+            q = None
+            n = np.tanh(xp_t[:, 2 * H:] + (r * h) @ U[:, 2 * H:])   # (B, H)
+        else:
+            q = h @ U[:, 2 * H:] + params[f"bn{l}"]             # (B, H)
+            n = np.tanh(xp_t[:, 2 * H:] + r * q)
+        h_new = (1.0 - z) * n + z * h
+        mt = m_t[:, None]                                       # (B, 1)
+        return mt * h_new + (1.0 - mt) * h, (a_rz, rz, n, q, mt)
+
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads):
+        """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t); adds to dU (and dbn)."""
+        H = self.config.hidden_size
+        U = params[f"U{l}"]
+        dU = grads[f"U{l}"]
+        a_rz, rz, n, q, mt = step_cache
+        r, z = rz[:, :H], rz[:, H:]
+        # h_t = m h'_t + (1 - m) h_{t-1}
+        dh_new = mt * dh
+        dh_prev = (1.0 - mt) * dh
+        # h'_t = (1 - z) n + z h_{t-1}
+        dn = dh_new * (1.0 - z)
+        dz = dh_new * (h - n)
+        dh_prev += dh_new * z
+        # n = tanh(a_h)
+        da_h = dn * tanh_grad_from_output(n)                    # (B, H)
+        if q is None:
+            # a_h = x W_h + b_h + (r * h) U_h
+            drh = da_h @ U[:, 2 * H:].T
+            dr = drh * h
+            dh_prev += drh * r
+            dU[:, 2 * H:] += self._outer(r * h, da_h)
+        else:
+            # a_h = x W_h + b_h + r * q,  q = h U_h + bn
+            dr = da_h * q
+            dq = da_h * r
+            dU[:, 2 * H:] += self._outer(h, dq)
+            grads[f"bn{l}"] += dq.sum(axis=0)
+            dh_prev += dq @ U[:, 2 * H:].T
+        # r = g(a_r), z = g(a_z);  a_r = x W_r + h U_r + b_r, likewise a_z
+        gp = self.gate_grad(a_rz, rz)                           # (B, 2H)
+        da_r = dr * gp[:, :H]
+        da_z = dz * gp[:, H:]
+        dU[:, :H] += self._outer(h, da_r)
+        dU[:, H:2 * H] += self._outer(h, da_z)
+        dh_prev += da_r @ U[:, :H].T + da_z @ U[:, H:2 * H].T
+        return dh_prev, np.concatenate([da_r, da_z, da_h], axis=1)   # (B, H), (B, 3H)
+
+    # ----------------------------------------------------- the step interface
+    def embed(self, params, batch: Batch) -> np.ndarray:
+        """Layer 0's inputs (T, B, D): E[ids] with an embedding, else x itself."""
+        if self.config.embedding:
+            return params["E"][batch.x]
+        return np.asarray(batch.x, dtype=np.float64)
+
+    def initial_state(self, batch_size: int) -> list[np.ndarray]:
+        """h_{-1} = 0 for every layer."""
+        return [np.zeros((batch_size, self.config.hidden_size)) for _ in range(self.config.layers)]
+
+    def step(self, params, state, x_t, m_t) -> list[np.ndarray]:
+        """One time step of every layer: ``state`` (list of (B, H)) -> the next state."""
+        new = []
+        for l, h in enumerate(state):
+            xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (B, 3H)
+            h_t, _ = self._layer_step(l, params, h, xp_t, m_t)
+            new.append(h_t)
+            x_t = h_t
+        return new
+
+    @staticmethod
+    def output(state) -> np.ndarray:
+        """What the readout sees of a state: the top layer's h_t (B, H)."""
+        return state[-1]
+
+    # ---------------------------------------------------------------- readout
+    def readout_loss(self, params, top, batch: Batch) -> float:
+        """The loss from the top layer's states ``top`` (T, B, H)."""
+        return self._readout(params, top, batch)[0]
+
+    def _readout(self, params, top, batch: Batch):
         c = self.config
-        H = c.hidden_size
-        g = self.gate
         m = batch.mask                                          # (T, B)
-        T, B = m.shape
-        x = params["E"][batch.x] if c.embedding else batch.x    # (T, B, D)
-        layers = []
-        for l in range(c.layers):
-            W, U, b = params[f"W{l}"], params[f"U{l}"], params[f"b{l}"]
-            xp = x @ W + b                                      # (T, B, 3H) all steps in one matmul
-            hs = np.zeros((T + 1, B, H))                        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
-            a_rz = np.empty((T, B, 2 * H))                      # gate pre-activations
-            gates = np.empty((T, B, 2 * H))                     # r | z
-            ns = np.empty((T, B, H))                            # candidate n_t
-            qs = np.empty((T, B, H)) if c.reset == "after" else None
-            for t in range(T):
-                h = hs[t]                                       # (B, H)
-                a_rz[t] = xp[t, :, :2 * H] + h @ U[:, :2 * H]
-                gates[t] = g(a_rz[t])
-                r, z = gates[t, :, :H], gates[t, :, H:]
-                if c.reset == "before":
-                    ns[t] = np.tanh(xp[t, :, 2 * H:] + (r * h) @ U[:, 2 * H:])
-                else:
-                    qs[t] = h @ U[:, 2 * H:] + params[f"bn{l}"]
-                    ns[t] = np.tanh(xp[t, :, 2 * H:] + r * qs[t])
-                h_new = (1.0 - z) * ns[t] + z * h
-                mt = m[t][:, None]
-                hs[t + 1] = mt * h_new + (1.0 - mt) * h
-            layers.append(dict(x=x, hs=hs, a_rz=a_rz, gates=gates, ns=ns, qs=qs))
-            x = hs[1:]                                          # input of the layer above
-        top = x                                                 # (T, B, H)
+        B = m.shape[1]
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
             logp = log_softmax(top @ V + cb)                    # (T, B, K)
             nll = -np.take_along_axis(logp, batch.y[..., None], -1)[..., 0]
-            loss = (m * nll).sum() / B
-            pooled = count = None
-        else:
-            count = np.maximum(m.sum(axis=0), 1.0)              # (B,)
-            pooled = (m[..., None] * top).sum(axis=0) / count[:, None]   # (B, H)
-            logp = log_softmax(pooled @ V + cb)                 # (B, K)
-            loss = -np.take_along_axis(logp, batch.y[:, None], -1).sum() / B
-        cache = dict(layers=layers, top=top, logp=logp, pooled=pooled, count=count)
-        return float(loss), cache
+            return float((m * nll).sum() / B), dict(logp=logp)
+        count = np.maximum(m.sum(axis=0), 1.0)                  # (B,)
+        pooled = (m[..., None] * top).sum(axis=0) / count[:, None]   # (B, H)
+        logp = log_softmax(pooled @ V + cb)                     # (B, K)
+        loss = -np.take_along_axis(logp, batch.y[:, None], -1).sum() / B
+        return float(loss), dict(logp=logp, pooled=pooled, count=count)
+
+    def _readout_backward(self, params, top, batch: Batch, rc, grads) -> np.ndarray:
+        """dL/dtop (T, B, H); sets the gradients of V and c."""
+        m = batch.mask
+        B = m.shape[1]
+        V = params["V"]
+        dlogits = np.exp(rc["logp"])                            # softmax
+        if self.config.readout == "lm":
+            # dL/dlogits = m (softmax - onehot) / B
+            np.put_along_axis(dlogits, batch.y[..., None],
+                              np.take_along_axis(dlogits, batch.y[..., None], -1) - 1.0, -1)
+            dlogits *= m[..., None] / B                         # (T, B, K)
+            grads["V"] = self._outer(top, dlogits)
+            grads["c"] = dlogits.sum(axis=(0, 1))
+            return dlogits @ V.T                                # (T, B, H)
+        dlogits[np.arange(B), batch.y] -= 1.0
+        dlogits /= B                                            # (B, K)
+        grads["V"] = self._outer(rc["pooled"], dlogits)
+        grads["c"] = dlogits.sum(axis=0)
+        dpooled = dlogits @ V.T                                 # (B, H)
+        return m[..., None] * (dpooled / rc["count"][:, None])  # (T, B, H)
+
+    # ------------------------------------------------------- whole sequences
+    def forward(self, params, batch: Batch):
+        """Loss and the cache the backward pass needs."""
+        H = self.config.hidden_size
+        m = batch.mask                                          # (T, B)
+        T, B = m.shape
+        x = self.embed(params, batch)                           # (T, B, D)
+        layers = []
+        for l in range(self.config.layers):
+            xp = x @ params[f"W{l}"] + params[f"b{l}"]          # (T, B, 3H) all steps in one matmul
+            hs = np.zeros((T + 1, B, H))                        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
+            steps = []
+            for t in range(T):
+                hs[t + 1], step_cache = self._layer_step(l, params, hs[t], xp[t], m[t])
+                steps.append(step_cache)
+            layers.append(dict(x=x, hs=hs, steps=steps))
+            x = hs[1:]                                          # input of the layer above
+        loss, rc = self._readout(params, x, batch)
+        return loss, dict(layers=layers, top=x, readout=rc)
 
     def loss(self, params, batch: Batch) -> float:
         return self.forward(params, batch)[0]
 
-    # --------------------------------------------------------------- backward
     @staticmethod
     def _previous_state(hs, t):
         """h_{t-1}, the state entering step t; ``hs[0]`` is the initial state h_{-1} = 0."""
@@ -216,99 +320,63 @@ class GRU:
         """sum over leading axes of outer products x_i (outer) d_i: (..., P), (..., Q) -> (P, Q)."""
         return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
 
+    def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch):
+        """BPTT of every layer through steps t_hi down to t_lo; ``dtop`` is dL/dh_t of the
+        top layer.  The adjoint of the state entering step t_lo is dropped (that state
+        is frozen).  Returns ``{layer: dL/dh_t (T, B, H)}``."""
+        T, B = batch.mask.shape
+        adjoints = {}
+        dabove = dtop                                           # dL/dh_t arriving from above
+        span = slice(t_lo, t_hi + 1)
+        for l in reversed(range(self.config.layers)):
+            lc = cache["layers"][l]
+            W = params[f"W{l}"]
+            dxp = np.zeros((T, B, W.shape[1]))                  # dL/d(x_t W + b)
+            dh_all = np.zeros((T, B, self.config.hidden_size))
+            dh_next = 0.0                                       # dL/dh_t through step t + 1
+            for t in range(t_hi, t_lo - 1, -1):
+                dh = dabove[t] + dh_next                        # total dL/dh_t
+                dh_all[t] = dh
+                h = self._previous_state(lc["hs"], t)           # h_{t-1}
+                dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t], grads)
+            adjoints[l] = dh_all
+            # xp = x W + b for the steps in the span
+            grads[f"W{l}"] += self._outer(lc["x"][span], dxp[span])
+            grads[f"b{l}"] += dxp[span].sum(axis=(0, 1))
+            dabove = np.zeros(lc["x"].shape)
+            dabove[span] = dxp[span] @ W.T                      # dL/dx_t of this layer
+        if self.config.embedding:
+            # x_t = E[ids_t]: scatter-add each step's input adjoint to its token's row
+            np.add.at(grads["E"], batch.x[span], dabove[span])
+        return adjoints
+
     def gradient(self, params, batch: Batch) -> dict[str, np.ndarray]:
-        """dL/dparams by hand-written BPTT."""
+        """dL/dparams by hand-written BPTT (truncated as ``self.truncation`` says)."""
         return self.loss_and_gradient(params, batch)[1]
 
     def loss_and_gradient(self, params, batch: Batch, *, return_adjoints: bool = False):
         """``(L, dL/dparams)`` by one forward pass and hand-written BPTT.
 
-        With ``return_adjoints`` also returns ``{layer: dL/dh_t (T, B, H)}``,
-        the total adjoint of each layer's state h_t.
+        Truncation: ``full`` and ``tail k`` run one backward pass over steps
+        max(0, T - k) .. T - 1; ``window k`` runs one per readout use of h_t,
+        over steps max(0, t - k) .. t.  With ``return_adjoints`` (full and tail
+        only) also returns ``{layer: dL/dh_t (T, B, H)}``.
         """
-        c = self.config
-        H = c.hidden_size
-        m = batch.mask
-        T, B = m.shape
+        T = batch.mask.shape[0]
         loss, cache = self.forward(params, batch)
-        grads = {name: np.zeros_like(value) for name, value in params.items()}
-        V = params["V"]
-
-        # readout: dL/dlogits = (softmax - onehot) / B on kept terms
-        if c.readout == "lm":
-            dlogits = np.exp(cache["logp"])                     # (T, B, K)
-            np.put_along_axis(dlogits, batch.y[..., None],
-                              np.take_along_axis(dlogits, batch.y[..., None], -1) - 1.0, -1)
-            dlogits *= m[..., None] / B
-            grads["V"] = self._outer(cache["top"], dlogits)
-            grads["c"] = dlogits.sum(axis=(0, 1))
-            dtop = dlogits @ V.T                                # (T, B, H)
-        else:
-            dlogits = np.exp(cache["logp"])                     # (B, K)
-            dlogits[np.arange(B), batch.y] -= 1.0
-            dlogits /= B
-            grads["V"] = self._outer(cache["pooled"], dlogits)
-            grads["c"] = dlogits.sum(axis=0)
-            dpooled = dlogits @ V.T                             # (B, H)
-            dtop = m[..., None] * (dpooled / cache["count"][:, None])   # (T, B, H)
-
-        adjoints = {}
-        dabove = dtop                                           # dL/dh_t arriving from above
-        for l in reversed(range(c.layers)):
-            lc = cache["layers"][l]
-            W, U = params[f"W{l}"], params[f"U{l}"]
-            Ur, Uz, Uh = U[:, :H], U[:, H:2 * H], U[:, 2 * H:]
-            hs, gates, ns, a_rz = lc["hs"], lc["gates"], lc["ns"], lc["a_rz"]
-            dxp = np.zeros((T, B, 3 * H))                       # dL/d(x_t W + b)
-            dU = grads[f"U{l}"]
-            dh_all = np.zeros((T, B, H))
-            dh_next = np.zeros((B, H))                          # dL/dh_t through step t + 1
-            for t in reversed(range(T)):
-                dh = dabove[t] + dh_next                        # total dL/dh_t
-                dh_all[t] = dh
-                h = self._previous_state(hs, t)                 # h_{t-1}
-                r, z, n = gates[t, :, :H], gates[t, :, H:], ns[t]
-                mt = m[t][:, None]
-                # h_t = m h'_t + (1 - m) h_{t-1}
-                dh_new = mt * dh
-                dh_prev = (1.0 - mt) * dh
-                # h'_t = (1 - z) n + z h_{t-1}
-                dn = dh_new * (1.0 - z)
-                dz = dh_new * (h - n)
-                dh_prev += dh_new * z
-                # n = tanh(a_h)
-                da_h = dn * tanh_grad_from_output(n)            # (B, H)
-                if c.reset == "before":
-                    # a_h = x W_h + b_h + (r * h) U_h
-                    drh = da_h @ Uh.T
-                    dr = drh * h
-                    dh_prev += drh * r
-                    dU[:, 2 * H:] += self._outer(r * h, da_h)
-                else:
-                    # a_h = x W_h + b_h + r * q,  q = h U_h + bn
-                    q = lc["qs"][t]
-                    dr = da_h * q
-                    dq = da_h * r
-                    dU[:, 2 * H:] += self._outer(h, dq)
-                    grads[f"bn{l}"] += dq.sum(axis=0)
-                    dh_prev += dq @ Uh.T
-                # r = g(a_r), z = g(a_z);  a_r = x W_r + h U_r + b_r, likewise a_z
-                gp = self.gate_grad(a_rz[t], gates[t])          # (B, 2H)
-                da_r = dr * gp[:, :H]
-                da_z = dz * gp[:, H:]
-                dU[:, :H] += self._outer(h, da_r)
-                dU[:, H:2 * H] += self._outer(h, da_z)
-                dh_prev += da_r @ Ur.T + da_z @ Uz.T
-                dxp[t, :, :H], dxp[t, :, H:2 * H], dxp[t, :, 2 * H:] = da_r, da_z, da_h
-                dh_next = dh_prev
-            adjoints[l] = dh_all
-            # xp = x W + b for all steps at once
-            grads[f"W{l}"] = self._outer(lc["x"], dxp)
-            grads[f"b{l}"] = dxp.sum(axis=(0, 1))
-            dabove = dxp @ W.T                                  # (T, B, D_l) = dL/dx_t
-        if c.embedding:
-            # x_t = E[ids_t]: scatter-add each step's input adjoint to its token's row
-            np.add.at(grads["E"], batch.x, dabove)
+        grads = {name: np.zeros_like(value, dtype=np.float64) for name, value in params.items()}
+        dtop = self._readout_backward(params, cache["top"], batch, cache["readout"], grads)
+        tr = self.truncation
+        if tr.kind == "window":
+            if return_adjoints:
+                raise ValueError("state adjoints are defined for full and tail BPTT only")
+            for t in range(T):
+                d = np.zeros_like(dtop)
+                d[t] = dtop[t]                                  # this step's use of h_t alone
+                self._backward_layers(params, cache, d, tr.window_start(t, T), t, grads, batch)
+            return loss, grads
+        adjoints = self._backward_layers(params, cache, dtop, tr.window_start(T - 1, T), T - 1,
+                                         grads, batch)
         if return_adjoints:
             return loss, grads, adjoints
         return loss, grads

@@ -91,7 +91,8 @@ def test_masking_and_saturation_are_exercised():
     ref, params, batch = make_case(config, seed=VARIANTS.index(("before", "hard", "lm", False, 2)))
     assert np.all(batch.mask[:, 1] == 0) and 0 < batch.mask.sum() < batch.mask.size
     _, cache = ref.forward(params, batch)
-    a = np.concatenate([lc["a_rz"].ravel() for lc in cache["layers"]])
+    # step caches hold (a_rz, gates, n, q, mask): a_rz are the gate pre-activations
+    a = np.concatenate([step[0].ravel() for lc in cache["layers"] for step in lc["steps"]])
     assert np.any(np.abs(a) > 2.5) and np.any(np.abs(a) < 2.5)
 
 

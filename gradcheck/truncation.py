@@ -1,0 +1,139 @@
+"""Truncated BPTT: the two semantics, and the surrogate losses that make them checkable.
+
+A truncated gradient is not the gradient of the loss, but it is exactly the
+gradient of a surrogate loss in which the state entering the truncation
+window is frozen at its unperturbed value.  The surrogate can be
+differentiated numerically, so truncated BPTT is checked exactly.
+
+``window k`` (Williams and Peng's BPTT(h); the seed blog's ``bptt_truncate``)
+    The readout's use of the top state h_t reaches the parameters only
+    through steps max(0, t - k) .. t.  Surrogate: every h_t the readout uses
+    is recomputed from the frozen states entering step t - k (all layers),
+    running steps max(0, t - k) .. t with the perturbed parameters.
+
+``tail k`` (Theano/PyTensor ``scan(truncate_gradient=k)``)
+    The backward pass covers only the last k steps, T - k .. T - 1.  States
+    before them are frozen: the readout's use of h_t for t < T - k reaches
+    only the readout's own parameters.  Surrogate: the states entering step
+    T - k are frozen; steps T - k .. T - 1 are recomputed.
+
+``full`` (k = -1): ordinary BPTT.  Window k >= T - 1 and tail k >= T are full
+BPTT too.
+
+A cell that supports truncation exposes ``truncation`` (a :class:`Truncation`)
+and the step interface the surrogates run: ``embed(params, batch)`` ->
+inputs ``(T, B, ...)``, ``initial_state(batch_size)``, ``step(params, state,
+x_t, m_t)`` -> state, ``output(state)`` -> what the readout sees (B, H), and
+``readout_loss(params, outputs, batch)`` with outputs ``(T, B, H)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Truncation", "FULL", "TRUNCATIONS", "parse_truncation", "surrogate_loss"]
+
+TRUNCATIONS = ("window", "tail")
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """How far BPTT reaches back.
+
+    kind: "full", "window" or "tail".
+    k: the window length in steps (-1 for full).
+    """
+
+    kind: str = "full"
+    k: int = -1
+
+    def __post_init__(self):
+        if self.kind == "full":
+            if self.k != -1:
+                raise ValueError(f"full BPTT takes k = -1, not {self.k}")
+            return
+        if self.kind not in TRUNCATIONS:
+            raise ValueError(f"truncation={self.kind!r} is not one of full, window, tail")
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"truncate={self.k!r} must be -1 (full) or a positive number of steps")
+
+    def window_start(self, t: int, steps: int) -> int:
+        """First step the backward pass reaches from the readout's use of h_t."""
+        if self.kind == "window":
+            return max(0, t - self.k)
+        if self.kind == "tail":
+            return max(0, steps - self.k)
+        return 0
+
+    def describe(self) -> str:
+        return "full BPTT" if self.kind == "full" else f"{self.kind} {self.k}"
+
+
+FULL = Truncation()
+
+
+def parse_truncation(truncate: int = -1, kind: str = "window") -> Truncation:
+    """Truncation from the CLI's ``--truncate K --truncation window|tail``.
+
+    truncate: -1 for full BPTT, else k >= 1 steps.
+    kind: "window" or "tail" (ignored when truncate is -1).
+    """
+    if kind not in TRUNCATIONS:
+        raise ValueError(f"truncation={kind!r} is not one of {', '.join(TRUNCATIONS)}")
+    if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)):
+        raise ValueError(f"truncate={truncate!r} must be an integer")
+    if truncate == -1:
+        return FULL
+    if truncate < 1:
+        raise ValueError(f"truncate={truncate} must be -1 (full) or at least 1")
+    return Truncation(kind, int(truncate))
+
+
+def _run(cell, params, x, mask, state, start, stop):
+    """Run steps start .. stop - 1 from ``state``; the outputs of each step."""
+    outs = []
+    for u in range(start, stop):
+        state = cell.step(params, state, x[u], mask[u])
+        outs.append(cell.output(state))
+    return state, outs
+
+
+def surrogate_loss(cell, params0, batch, truncation: Truncation):
+    """The loss whose exact gradient at ``params0`` is the truncated gradient.
+
+    Returns ``loss(params)``; the frozen states are computed once, at ``params0``.
+    """
+    T, B = batch.mask.shape
+    mask = batch.mask
+    x0 = cell.embed(params0, batch)
+    # states_before[t] is the (all-layer) state entering step t, at params0
+    states_before = [cell.initial_state(B)]
+    outs0 = []
+    for t in range(T):
+        states_before.append(cell.step(params0, states_before[-1], x0[t], mask[t]))
+        outs0.append(cell.output(states_before[-1]))
+
+    if truncation.kind == "full":
+        def loss(params):
+            x = cell.embed(params, batch)
+            _, outs = _run(cell, params, x, mask, cell.initial_state(B), 0, T)
+            return cell.readout_loss(params, np.stack(outs), batch)
+    elif truncation.kind == "tail":
+        start = truncation.window_start(T - 1, T)
+
+        def loss(params):
+            x = cell.embed(params, batch)
+            _, outs = _run(cell, params, x, mask, states_before[start], start, T)
+            return cell.readout_loss(params, np.stack(outs0[:start] + outs), batch)
+    else:
+        def loss(params):
+            x = cell.embed(params, batch)
+            outs = []
+            for t in range(T):
+                start = truncation.window_start(t, T)
+                state, _ = _run(cell, params, x, mask, states_before[start], start, t + 1)
+                outs.append(cell.output(state))
+            return cell.readout_loss(params, np.stack(outs), batch)
+    return loss
