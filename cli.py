@@ -32,6 +32,8 @@ examples:
       token-id inputs through an embedding; one JSON object on stdout
   gradcheck check gru --oracles analytic,numeric --atol 1e-8
       no symbolic backend needed; a tighter absolute tolerance
+  gradcheck check gru --steps 9 --truncate 3 --truncation window --mask lengths
+      truncated BPTT(3) on right-padded sequences, checked exactly against its surrogate
 """
 
 
@@ -73,6 +75,16 @@ def _seed(text):
     return value
 
 
+def _truncate(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError(f"{text} must be -1 (full BPTT) or at least 1")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gradcheck",
@@ -109,6 +121,14 @@ def make_parser() -> argparse.ArgumentParser:
     variant.add_argument("--readout", choices=("lm", "mean"), default="lm",
                          help="per-step softmax (language model) or masked mean pooling + softmax; default lm")
     variant.add_argument("--embedding", action="store_true", help="token-id inputs through an embedding")
+    variant.add_argument("--truncate", type=_truncate, default=-1, metavar="K",
+                         help="truncated BPTT over K steps; -1 is full BPTT (default)")
+    variant.add_argument("--truncation", choices=("window", "tail"), default="window",
+                         help="window: the loss at step t reaches steps t-K..t (BPTT(K)); "
+                              "tail: only the last K steps are back-propagated "
+                              "(scan's truncate_gradient); default window")
+    variant.add_argument("--mask", choices=("none", "lengths", "random"), default="none",
+                         help="no mask, right-padded random lengths, or a random 0/1 pattern; default none")
     how = check.add_argument_group("checking")
     how.add_argument("--oracles", default="analytic,numeric,autodiff", metavar="LIST",
                      help="comma-separated subset of analytic,numeric,autodiff (at least two; default all)")
@@ -132,7 +152,8 @@ def _run_check(args) -> int:
 
     oracles = parse_oracles(args.oracles)
     result = check_builtin(
-        args.cell, steps=args.steps, batch=args.batch, seed=args.seed, oracles=oracles,
+        args.cell, steps=args.steps, batch=args.batch, seed=args.seed, mask=args.mask,
+        oracles=oracles, truncate=args.truncate, truncation=args.truncation,
         atol=args.atol, rtol=args.rtol, backend=args.backend,
         input_size=args.input, hidden_size=args.hidden, layers=args.layers,
         classes=args.classes, vocab=args.vocab, reset=args.reset, gate=args.gate,

@@ -13,7 +13,7 @@ import numpy as np
 from cells.gru import GRU
 
 __all__ = ["BROKEN_GRUS", "ResetGateMissingDerivativeGRU", "WrappedTimeIndexGRU",
-           "ElementwiseProductGRU"]
+           "ElementwiseProductGRU", "OffByOneWindowGRU", "MaskIgnoredInBackwardGRU"]
 
 
 class ResetGateMissingDerivativeGRU(GRU):
@@ -64,8 +64,36 @@ class ElementwiseProductGRU(GRU):
         return np.broadcast_to((x2 * d2).sum(axis=0), (x2.shape[1], d2.shape[1])).copy()
 
 
+class OffByOneWindowGRU(GRU):
+    """Wrong truncation window: BPTT(k) written as ``range(t - k + 1, t + 1)``, so the
+    loss at step t reaches back over k steps instead of k + 1 (max(0, t - k) .. t).
+
+    Wrong parameters: every recurrent parameter, when truncate=k < T - 1, truncation=window.
+    """
+
+    def _window_start(self, t, steps):
+        if self.truncation.kind != "window":
+            return super()._window_start(t, steps)
+        return max(0, t - self.truncation.k + 1)     # the bug: one step short
+
+
+class MaskIgnoredInBackwardGRU(GRU):
+    """Mask forgotten in the backward pass: every step is back-propagated as if
+    unmasked, although the forward pass carried the state over.
+
+    Wrong parameters: every recurrent parameter, whenever the mask has zeros.
+    """
+
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads):
+        a_rz, rz, n, q, mt = step_cache
+        unmasked = (a_rz, rz, n, q, np.ones_like(mt))   # the bug: m_t taken as 1
+        return super()._layer_step_backward(l, params, dh, h, unmasked, grads)
+
+
 BROKEN_GRUS = {
     "reset-gate-derivative": ResetGateMissingDerivativeGRU,
     "wrapped-time-index": WrappedTimeIndexGRU,
     "elementwise-product": ElementwiseProductGRU,
+    "off-by-one-window": OffByOneWindowGRU,
+    "mask-ignored-in-backward": MaskIgnoredInBackwardGRU,
 }

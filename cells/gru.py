@@ -315,6 +315,10 @@ class GRU:
         """h_{t-1}, the state entering step t; ``hs[0]`` is the initial state h_{-1} = 0."""
         return hs[t]
 
+    def _window_start(self, t, steps):
+        """First step BPTT reaches from the readout's use of h_t (see gradcheck.truncation)."""
+        return self.truncation.window_start(t, steps)
+
     @staticmethod
     def _outer(x, d):
         """sum over leading axes of outer products x_i (outer) d_i: (..., P), (..., Q) -> (P, Q)."""
@@ -373,9 +377,9 @@ class GRU:
             for t in range(T):
                 d = np.zeros_like(dtop)
                 d[t] = dtop[t]                                  # this step's use of h_t alone
-                self._backward_layers(params, cache, d, tr.window_start(t, T), t, grads, batch)
+                self._backward_layers(params, cache, d, self._window_start(t, T), t, grads, batch)
             return loss, grads
-        adjoints = self._backward_layers(params, cache, dtop, tr.window_start(T - 1, T), T - 1,
+        adjoints = self._backward_layers(params, cache, dtop, self._window_start(T - 1, T), T - 1,
                                          grads, batch)
         if return_adjoints:
             return loss, grads, adjoints

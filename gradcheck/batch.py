@@ -41,5 +41,5 @@ def validate_mask(mask, steps: int, batch: int) -> np.ndarray:
         raise ValueError(f"mask has shape {mask.shape}, expected (T, B) = {(steps, batch)}")
     if mask.size and not np.all((mask == 0) | (mask == 1)):
         bad = mask[(mask != 0) & (mask != 1)].ravel()[0]
-        raise ValueError(f"mask must hold only 0 and 1, found {bad!r}")
+        raise ValueError(f"mask must hold only 0 and 1, found {float(bad)!r}")
     return mask.astype(np.float64)

@@ -3,7 +3,9 @@
 The oracles:
 
 - ``analytic``: the cell's hand-written backward pass, ``cell.gradient(params, batch)``;
-- ``numeric``: central finite differences of ``cell.loss(params, batch)``;
+- ``numeric``: central finite differences of ``cell.loss(params, batch)``, or,
+  for a cell with truncated BPTT, of the surrogate loss whose exact gradient
+  the truncated gradient is (see :mod:`gradcheck.truncation`);
 - ``autodiff``: the symbolic cell's gradient, ``symbolic.gradient(params, batch)``.
 
 With three oracles, a parameter on which exactly the two pairs that involve
@@ -22,8 +24,10 @@ from gradcheck.compare import Comparison, compare_gradients
 from gradcheck.finite_differences import central_differences
 from gradcheck.params import validate_params
 from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
+from gradcheck.truncation import FULL, Truncation, surrogate_loss
 
-__all__ = ["ORACLES", "CheckResult", "check_gradients", "odd_one_out", "parse_oracles"]
+__all__ = ["ORACLES", "CheckResult", "check_gradients", "diagnose_truncation", "odd_one_out",
+           "parse_oracles"]
 
 ORACLES = ("analytic", "numeric", "autodiff")
 # NumPy and symbolic forward passes compute the same function to rounding
@@ -140,7 +144,7 @@ class CheckResult:
                 parts.append(f"mismatch on {', '.join(bad)}")
             worst = self.worst_failure()
             parts.append(f"worst: {worst.describe_worst()}")
-        return "fail: " + "; ".join(parts)
+        return "fail: " + "; ".join(parts + self.notes)
 
     def as_dict(self) -> dict:
         return {
@@ -204,8 +208,14 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             lambda: _loss_and_gradient(cell, params64, batch))
         validate_params(specs, grads["analytic"], what="analytic gradient")
     if "numeric" in oracles:
+        truncation = getattr(cell, "truncation", FULL)
+        if truncation.kind == "full":
+            def numeric_loss(p):
+                return cell.loss(p, batch)
+        else:   # the surrogate whose exact gradient is the truncated one
+            numeric_loss = surrogate_loss(cell, params64, batch, truncation)
         numeric, timings["numeric"] = _timed(
-            lambda: central_differences(lambda p: cell.loss(p, batch), params64))
+            lambda: central_differences(numeric_loss, params64))
         grads["numeric"] = {k: v.value for k, v in numeric.items()}
         kinks = {k: v.kinks for k, v in numeric.items()}
         losses.setdefault("numpy", float(cell.loss(params64, batch)))
@@ -224,6 +234,32 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             k = kinks.get(spec.name) if "numeric" in (a, b) else None
             comparisons.append(compare_gradients(spec, (a, b), grads[a][spec.name],
                                                  grads[b][spec.name], tolerances[spec.name], k))
-    return CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
-                       comparisons=comparisons, losses=losses, timings=timings,
-                       forward_ok=forward_ok)
+    result = CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
+                         comparisons=comparisons, losses=losses, timings=timings,
+                         forward_ok=forward_ok)
+    truncation = getattr(cell, "truncation", FULL)
+    analytic_vs_numeric = [c for c in comparisons if c.oracles == ("analytic", "numeric")]
+    if truncation.kind != "full" and any(not c.passed for c in analytic_vs_numeric):
+        note = diagnose_truncation(cell, params64, batch, truncation, grads["analytic"], tolerances)
+        if note:
+            result.notes.append(note)
+    return result
+
+
+def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances) -> str | None:
+    """When a truncated analytic gradient fails, find the truncation it does match.
+
+    Tries k - 1, k + 1, the other semantics at k, and full BPTT, each against the
+    finite differences of its own surrogate.
+    """
+    kind, k = truncation.kind, truncation.k
+    other = "tail" if kind == "window" else "window"
+    candidates = ([Truncation(kind, k - 1)] if k > 1 else []) + [
+        Truncation(kind, k + 1), Truncation(other, k), FULL]
+    for alt in candidates:
+        numeric = central_differences(surrogate_loss(cell, params, batch, alt), params)
+        if all(agree(analytic[name], numeric[name].value, tolerances[name]).all()
+               for name in analytic):
+            return (f"the analytic gradient matches {alt.describe()} instead of "
+                    f"{truncation.describe()}: the hand BPTT's truncation is off")
+    return None

@@ -7,6 +7,7 @@ import shlex
 import numpy as np
 
 from gradcheck.check import ORACLES, CheckResult, check_gradients, parse_oracles
+from gradcheck.masks import MASKS, make_mask
 
 __all__ = ["check_builtin", "reproduce_command"]
 
@@ -16,7 +17,8 @@ def _positive(name, value):
         raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
-def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol) -> str:
+def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol,
+                      mask="none") -> str:
     """The CLI command that repeats this check exactly."""
     flag = {"input_size": "--input", "hidden_size": "--hidden"}
     args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
@@ -28,6 +30,8 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
                 args.append(opt)
         else:
             args += [opt, str(value)]
+    if mask != "none":
+        args += ["--mask", mask]
     if tuple(oracles) != ORACLES:
         args += ["--oracles", ",".join(oracles)]
     for opt, value in (("--atol", atol), ("--rtol", rtol)):
@@ -37,14 +41,15 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
 
 
 def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: int | None = 0,
-                  oracles=ORACLES, atol=None, rtol=None, backend: str = "pytensor",
-                  **config) -> CheckResult:
+                  mask: str = "none", oracles=ORACLES, atol=None, rtol=None,
+                  backend: str = "pytensor", **config) -> CheckResult:
     """Check the built-in cell ``name`` on seeded random parameters and data.
 
     name: a key of ``cells.CELLS`` ("gru").
     steps: sequence length T.
     batch: batch size B.
     seed: seeds every random draw; ``None`` draws a fresh seed, recorded in the result.
+    mask: "none", "lengths" (right padding) or "random" (arbitrary 0/1), see gradcheck.masks.
     oracles: at least two of "analytic", "numeric", "autodiff".
     atol: absolute tolerance override (scalar or ``{dtype: value}``).
     rtol: relative tolerance override (scalar or ``{dtype: value}``).
@@ -57,17 +62,20 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     _positive("steps", steps)
     _positive("batch", batch)
     oracles = parse_oracles(oracles)
+    if mask not in MASKS:
+        raise ValueError(f"mask={mask!r} is not one of {', '.join(MASKS)}")
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2 ** 32))
     cfg = entry.config_class(**config)
     cell = entry.make(cfg)
     rng = np.random.default_rng(seed)
     params = cell.init_params(rng)
-    data = cell.sample_batch(rng, steps, batch)
+    data = cell.sample_batch(rng, steps, batch, make_mask(mask, rng, steps, batch))
     symbolic = entry.make_symbolic(cfg, backend) if "autodiff" in oracles else None
-    info = {"name": name, **cfg.as_dict(), "steps": steps, "batch": batch}
+    info = {"name": name, **cfg.as_dict(), "steps": steps, "batch": batch, "mask": mask}
     result = check_gradients(cell, params, data, symbolic=symbolic, oracles=oracles,
                              atol=atol, rtol=rtol, seed=seed, cell_info=info)
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
-                                       seed=seed, oracles=oracles, atol=atol, rtol=rtol)
+                                       seed=seed, oracles=oracles, atol=atol, rtol=rtol,
+                                       mask=mask)
     return result

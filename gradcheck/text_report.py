@@ -10,9 +10,13 @@ _CONFIG_KEYS = (("steps", "T"), ("batch", "B"), ("input_size", "D"), ("hidden_si
 
 def _cell_line(cell: dict) -> str:
     sizes = " ".join(f"{short}={cell[key]}" for key, short in _CONFIG_KEYS if key in cell)
-    variants = ", ".join(f"{k}={cell[k]}" for k in ("reset", "gate", "readout", "embedding")
-                         if k in cell)
-    return f"cell {cell.get('name', '?')}: {sizes}; {variants}"
+    variants = [f"{k}={cell[k]}" for k in ("reset", "gate", "readout", "embedding", "mask")
+                if k in cell]
+    if cell.get("truncate", -1) != -1:
+        variants.append(f"truncation={cell['truncation']} k={cell['truncate']}")
+    elif "truncate" in cell:
+        variants.append("full BPTT")
+    return f"cell {cell.get('name', '?')}: {sizes}; {', '.join(variants)}"
 
 
 def format_result(result) -> str:

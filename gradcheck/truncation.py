@@ -68,7 +68,7 @@ class Truncation:
         return 0
 
     def describe(self) -> str:
-        return "full BPTT" if self.kind == "full" else f"{self.kind} {self.k}"
+        return "full BPTT" if self.kind == "full" else f"{self.kind} k={self.k}"
 
 
 FULL = Truncation()
