@@ -30,3 +30,14 @@ def make_case(cell, seed=0, steps=5, batch=3, mask=None):
     params = cell.init_params(rng)
     data = cell.sample_batch(rng, steps, batch, mask)
     return params, data
+
+
+# Property tests: derandomized, so every CI run draws the same examples (the
+# examples, and the seeds inside them, are printed on failure); no deadline,
+# since the first example of a structure compiles its symbolic graph.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "gradcheck", derandomize=True, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("gradcheck")

@@ -1,0 +1,80 @@
+"""Property tests over random configurations, masks and truncations."""
+
+import numpy as np
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from cells.broken import BROKEN_GRUS
+from cells.gru import GRU
+from cells import backend
+
+backend.load("pytensor")   # PyTensor raises the recursion limit on import: do it before hypothesis runs
+from gradcheck import check_gradients, resolve_tolerance
+from gradcheck import strategies as gst
+from gradcheck.tolerance import agree
+from gradcheck.truncation import FULL, Truncation
+
+
+@st.composite
+def cases(draw, *, truncation=FULL, min_classes=1, max_steps=6):
+    """(cell, params, batch, seed) for a random GRU, mask and seed."""
+    steps = draw(st.integers(1, max_steps))
+    batch = draw(st.integers(1, 3))
+    if truncation == "draw":
+        truncation = draw(gst.truncations(steps=steps))
+    config = draw(gst.gru_configs(truncation=truncation, min_classes=min_classes))
+    mask = draw(gst.masks(steps=steps, batch=batch))
+    seed = draw(gst.seeds())
+    cell = GRU(config)
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    return cell, params, cell.sample_batch(rng, steps, batch, mask), seed
+
+
+@settings(max_examples=120)
+@given(cases())
+def test_three_oracles_agree_on_random_configs(case):
+    from cells.gru_symbolic import SymbolicGRU
+    cell, params, batch, seed = case
+    result = check_gradients(cell, params, batch, symbolic=SymbolicGRU(cell.config), seed=seed)
+    assert result.passed, result.summary()
+
+
+@settings(max_examples=120)
+@given(cases(truncation="draw", max_steps=7))
+def test_truncated_analytic_matches_its_surrogate(case):
+    cell, params, batch, seed = case
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric", seed=seed)
+    assert result.passed, result.summary()
+
+
+@settings(max_examples=120)
+@given(cases(truncation="draw"), st.data())
+def test_masked_steps_contribute_exactly_zero(case, data):
+    cell, params, batch, seed = case
+    hidden = batch.mask == 0
+    assume(hidden.any())
+    other = batch.copy()
+    rng = np.random.default_rng(data.draw(gst.seeds()))
+    if cell.config.embedding:
+        other.x[hidden] = rng.integers(0, cell.config.vocab, size=hidden.sum())
+    else:
+        other.x[hidden] = rng.normal(size=(hidden.sum(), cell.config.input_size))
+    if cell.config.readout == "lm":
+        other.y[hidden] = rng.integers(0, cell.config.classes, size=hidden.sum())
+    a, b = cell.gradient(params, batch), cell.gradient(params, other)
+    for name in params:
+        assert np.array_equal(a[name], b[name]), name
+
+
+@settings(max_examples=150)
+@given(cases(truncation="draw", min_classes=2), st.sampled_from(sorted(BROKEN_GRUS)))
+def test_a_broken_cell_never_passes(case, bug):
+    cell, params, batch, seed = case
+    broken = BROKEN_GRUS[bug](cell.config)
+    wrong, true = broken.gradient(params, batch), cell.gradient(params, batch)
+    tol = resolve_tolerance(np.float64)
+    # where the bug does not change the gradient, no check can (or should) see it
+    assume(any(not agree(wrong[n], true[n], tol).all() for n in params))
+    result = check_gradients(broken, params, batch, oracles="analytic,numeric", seed=seed)
+    assert not result.passed, f"{bug} passed: {result.summary()}"

@@ -1,0 +1,125 @@
+"""Truncated BPTT: both semantics checked exactly against their surrogates."""
+
+import numpy as np
+import pytest
+
+from cells.broken import OffByOneWindowGRU
+from cells.gru import GRU, GRUConfig
+from gradcheck import check_gradients
+from gradcheck.masks import make_mask
+from gradcheck.truncation import FULL, Truncation, parse_truncation, surrogate_loss
+
+STEPS = 7
+
+
+def case(seed=0, mask_kind="random", **fields):
+    cell = GRU(GRUConfig(**fields))
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    return cell, params, cell.sample_batch(rng, STEPS, 3, make_mask(mask_kind, rng, STEPS, 3))
+
+
+@pytest.mark.parametrize("kind", ["window", "tail"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("fields", [dict(), dict(layers=2, readout="mean"),
+                                    dict(embedding=True, reset="after", gate="hard"),
+                                    dict(layers=2, embedding=True, readout="mean")], ids=str)
+def test_truncated_gradient_matches_its_surrogate_and_differs_from_full(kind, k, fields):
+    cell, params, batch = case(truncate=k, truncation=kind, **fields)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert result.passed, result.summary()
+    assert max(c.max_abs_error for c in result.comparisons) < 1e-8
+    full = GRU(GRUConfig(**fields)).gradient(params, batch)
+    got = cell.gradient(params, batch)
+    assert max(np.abs(full[n] - got[n]).max() for n in ("U0", "W0")) > 1e-3
+    # the readout's own parameters never see truncation
+    np.testing.assert_allclose(got["V"], full["V"], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind, k", [("window", STEPS - 1), ("window", 50), ("tail", STEPS),
+                                     ("tail", 50)])
+def test_long_enough_truncation_is_full_bptt(kind, k):
+    cell, params, batch = case(truncate=k, truncation=kind, layers=2)
+    full = GRU(GRUConfig(layers=2)).gradient(params, batch)
+    got = cell.gradient(params, batch)
+    for n in full:
+        np.testing.assert_allclose(got[n], full[n], rtol=1e-12, atol=1e-15, err_msg=n)
+
+
+def test_window_one_short_differs_from_full():
+    cell, params, batch = case(truncate=STEPS - 2, truncation="window", mask_kind="none")
+    full = GRU(GRUConfig()).gradient(params, batch)
+    # U0's step-0 term is zero anyway (h_{-1} = 0); W0's is not
+    assert np.abs(cell.gradient(params, batch)["W0"] - full["W0"]).max() > 1e-8
+
+
+def test_surrogate_value_is_the_true_loss_at_the_point():
+    # freezing changes the gradient, not the value: every surrogate equals L at params0
+    cell, params, batch = case(layers=2)
+    for tr in (FULL, Truncation("window", 2), Truncation("tail", 2)):
+        assert surrogate_loss(cell, params, batch, tr)(params) == pytest.approx(
+            cell.loss(params, batch), rel=1e-13)
+
+
+def test_window_semantics_by_hand():
+    # T = 3, window k = 1, written out: the readout uses h_0, h_1 and h_2, where
+    #   h_0 = step(x_0, 0),  h_1 = step(x_1, step(x_0, 0))          (windows reach step 0)
+    #   h_2 = step(x_2, step(x_1, frozen h_0))                       (window 1..2)
+    from gradcheck.finite_differences import central_differences
+    cell = GRU(GRUConfig(truncate=1, truncation="window", layers=2))
+    rng = np.random.default_rng(3)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 3, 2)
+    x = batch.x
+    frozen_h0 = cell.step(params, cell.initial_state(2), x[0], batch.mask[0])
+
+    def by_hand(p):
+        run = lambda state, t: cell.step(p, state, x[t], batch.mask[t])
+        h0 = run(cell.initial_state(2), 0)
+        h1 = run(h0, 1)
+        h2 = run(run(frozen_h0, 1), 2)
+        return cell.readout_loss(p, np.stack([cell.output(h) for h in (h0, h1, h2)]), batch)
+
+    numeric = central_differences(by_hand, params)
+    analytic = cell.gradient(params, batch)
+    for name in params:
+        np.testing.assert_allclose(analytic[name], numeric[name].value, rtol=1e-6, atol=1e-9,
+                                   err_msg=name)
+    assert [cell.truncation.window_start(t, 3) for t in range(3)] == [0, 0, 1]
+    assert [Truncation("tail", 2).window_start(t, 3) for t in range(3)] == [1, 1, 1]
+
+
+def test_off_by_one_window_fails_and_says_so():
+    cell = OffByOneWindowGRU(GRUConfig(truncate=3, truncation="window", layers=2))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 9, 3)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert not result.passed
+    assert "matches window k=2 instead of window k=3" in result.summary()
+
+
+def test_tail_is_not_window():
+    # the two semantics give different gradients for the same k
+    w, params, batch = case(truncate=2, truncation="window")
+    t = GRU(GRUConfig(truncate=2, truncation="tail"))
+    assert np.abs(w.gradient(params, batch)["U0"] - t.gradient(params, batch)["U0"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("truncate, kind, message", [
+    (0, "window", "truncate=0 must be -1"),
+    (-2, "window", "truncate=-2"),
+    (2, "middle", "truncation='middle' is not one of window, tail"),
+    (1.5, "window", "must be an integer"),
+    (True, "window", "must be an integer"),
+])
+def test_bad_truncation_is_refused(truncate, kind, message):
+    with pytest.raises(ValueError, match=message):
+        parse_truncation(truncate, kind)
+    with pytest.raises(ValueError, match=message):
+        GRUConfig(truncate=truncate, truncation=kind)
+
+
+def test_parse_truncation():
+    assert parse_truncation(-1, "tail") == FULL
+    assert parse_truncation(4, "tail") == Truncation("tail", 4)
