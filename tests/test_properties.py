@@ -4,15 +4,15 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from cells import backend
 from cells.broken import BROKEN_GRUS
 from cells.gru import GRU
-from cells import backend
-
-backend.load("pytensor")   # PyTensor raises the recursion limit on import: do it before hypothesis runs
 from gradcheck import check_gradients, resolve_tolerance
 from gradcheck import strategies as gst
 from gradcheck.tolerance import agree
-from gradcheck.truncation import FULL, Truncation
+from gradcheck.truncation import FULL
+
+backend.load("pytensor")   # PyTensor raises the recursion limit on import: before hypothesis runs
 
 
 @st.composite
