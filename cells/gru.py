@@ -101,14 +101,14 @@ class GRU:
         H = c.hidden_size
         specs = []
         if c.embedding:
-            specs.append(ParamSpec("E", (c.vocab, c.input_size)))
+            specs.append(ParamSpec("E", (c.vocab, c.input_size), layer=-1))
         for l in range(c.layers):
             d_in = c.input_size if l == 0 else H
-            specs.append(ParamSpec(f"W{l}", (d_in, 3 * H), GATE_BLOCKS, 1))
-            specs.append(ParamSpec(f"U{l}", (H, 3 * H), GATE_BLOCKS, 1))
-            specs.append(ParamSpec(f"b{l}", (3 * H,), GATE_BLOCKS, 0))
+            specs.append(ParamSpec(f"W{l}", (d_in, 3 * H), GATE_BLOCKS, 1, layer=l))
+            specs.append(ParamSpec(f"U{l}", (H, 3 * H), GATE_BLOCKS, 1, layer=l))
+            specs.append(ParamSpec(f"b{l}", (3 * H,), GATE_BLOCKS, 0, layer=l))
             if c.reset == "after":
-                specs.append(ParamSpec(f"bn{l}", (H,), ("h",), 0))
+                specs.append(ParamSpec(f"bn{l}", (H,), ("h",), 0, layer=l))
         specs.append(ParamSpec("V", (H, c.classes)))
         specs.append(ParamSpec("c", (c.classes,)))
         return specs
@@ -324,12 +324,13 @@ class GRU:
         """sum over leading axes of outer products x_i (outer) d_i: (..., P), (..., Q) -> (P, Q)."""
         return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
 
-    def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch):
+    def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch, record=None):
         """BPTT of every layer through steps t_hi down to t_lo; ``dtop`` is dL/dh_t of the
         top layer.  The adjoint of the state entering step t_lo is dropped (that state
-        is frozen).  Returns ``{layer: dL/dh_t (T, B, H)}``."""
+        is frozen).  ``record``, when given, receives each step's parameter
+        contributions and the adjoints of the carried states (see gradient_details)."""
         T, B = batch.mask.shape
-        adjoints = {}
+        top = self.config.layers - 1
         dabove = dtop                                           # dL/dh_t arriving from above
         span = slice(t_lo, t_hi + 1)
         for l in reversed(range(self.config.layers)):
@@ -342,45 +343,78 @@ class GRU:
                 dh = dabove[t] + dh_next                        # total dL/dh_t
                 dh_all[t] = dh
                 h = self._previous_state(lc["hs"], t)           # h_{t-1}
-                dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t], grads)
-            adjoints[l] = dh_all
+                if record is None:
+                    dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t],
+                                                                grads)
+                    continue
+                own = {k: np.zeros_like(grads[k]) for k in (f"U{l}", f"bn{l}") if k in grads}
+                dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t], own)
+                for k, v in own.items():
+                    grads[k] += v
+                    record["steps"][k][t] = v
             # xp = x W + b for the steps in the span
             grads[f"W{l}"] += self._outer(lc["x"][span], dxp[span])
             grads[f"b{l}"] += dxp[span].sum(axis=(0, 1))
+            if record is not None:
+                for t in range(t_lo, t_hi + 1):
+                    record["steps"][f"W{l}"][t] = self._outer(lc["x"][t], dxp[t])
+                    record["steps"][f"b{l}"][t] = dxp[t].sum(axis=0)
+                # the carried state s_t feeds step t + 1 (and, on top, the readout at t);
+                # a lower layer's h_t also feeds the layer above at t, which s_t excludes
+                record["adjoints"][l] = dh_all - (dabove if l < top else 0.0)
             dabove = np.zeros(lc["x"].shape)
             dabove[span] = dxp[span] @ W.T                      # dL/dx_t of this layer
         if self.config.embedding:
             # x_t = E[ids_t]: scatter-add each step's input adjoint to its token's row
             np.add.at(grads["E"], batch.x[span], dabove[span])
-        return adjoints
+            if record is not None:
+                for t in range(t_lo, t_hi + 1):
+                    np.add.at(record["steps"]["E"][t], batch.x[t], dabove[t])
 
     def gradient(self, params, batch: Batch) -> dict[str, np.ndarray]:
         """dL/dparams by hand-written BPTT (truncated as ``self.truncation`` says)."""
         return self.loss_and_gradient(params, batch)[1]
 
-    def loss_and_gradient(self, params, batch: Batch, *, return_adjoints: bool = False):
+    def loss_and_gradient(self, params, batch: Batch):
         """``(L, dL/dparams)`` by one forward pass and hand-written BPTT.
 
         Truncation: ``full`` and ``tail k`` run one backward pass over steps
         max(0, T - k) .. T - 1; ``window k`` runs one per readout use of h_t,
-        over steps max(0, t - k) .. t.  With ``return_adjoints`` (full and tail
-        only) also returns ``{layer: dL/dh_t (T, B, H)}``.
+        over steps max(0, t - k) .. t.
         """
+        return self._backprop(params, batch, record=None)[:2]
+
+    def gradient_details(self, params, batch: Batch) -> dict:
+        """What the hand BPTT knows beyond the gradient, for localisation (full and tail).
+
+        Returns ``loss``, ``gradient``, ``step_contributions`` ``{name: (T, *shape)}``
+        (each step's share of the gradient of every per-step parameter: W, U, b,
+        bn, E; they sum to the gradient) and ``state_adjoints``, one ``(T, B, H)``
+        array per layer: dL/ds_t for the state s_t carried out of step t (into
+        step t + 1 and, on the top layer, into the readout at t).
+        """
+        if self.truncation.kind == "window":
+            raise ValueError("gradient details are defined for full and tail BPTT only")
+        T = batch.mask.shape[0]
+        per_step = [n for n in params if n not in ("V", "c")]
+        record = {"steps": {n: np.zeros((T,) + np.shape(params[n])) for n in per_step},
+                  "adjoints": {}}
+        loss, grads = self._backprop(params, batch, record=record)
+        adjoints = [record["adjoints"][l] for l in range(self.config.layers)]
+        return dict(loss=loss, gradient=grads, step_contributions=record["steps"],
+                    state_adjoints=adjoints)
+
+    def _backprop(self, params, batch, record):
         T = batch.mask.shape[0]
         loss, cache = self.forward(params, batch)
         grads = {name: np.zeros_like(value, dtype=np.float64) for name, value in params.items()}
         dtop = self._readout_backward(params, cache["top"], batch, cache["readout"], grads)
-        tr = self.truncation
-        if tr.kind == "window":
-            if return_adjoints:
-                raise ValueError("state adjoints are defined for full and tail BPTT only")
+        if self.truncation.kind == "window":
             for t in range(T):
                 d = np.zeros_like(dtop)
                 d[t] = dtop[t]                                  # this step's use of h_t alone
                 self._backward_layers(params, cache, d, self._window_start(t, T), t, grads, batch)
-            return loss, grads
-        adjoints = self._backward_layers(params, cache, dtop, self._window_start(T - 1, T), T - 1,
-                                         grads, batch)
-        if return_adjoints:
-            return loss, grads, adjoints
+        else:
+            self._backward_layers(params, cache, dtop, self._window_start(T - 1, T), T - 1,
+                                  grads, batch, record)
         return loss, grads

@@ -22,6 +22,8 @@ import numpy as np
 
 from gradcheck.compare import Comparison, compare_gradients
 from gradcheck.finite_differences import central_differences
+from gradcheck.localise import Localisation
+from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
 from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
@@ -74,6 +76,7 @@ class CheckResult:
     forward_ok: bool = True
     notes: list[str] = field(default_factory=list)
     command: str | None = None
+    localisation: "Localisation | None" = None
 
     @property
     def passed(self) -> bool:
@@ -159,6 +162,7 @@ class CheckResult:
             "losses": self.losses,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
+            "localisation": self.localisation.as_dict() if self.localisation else None,
             "comparisons": [c.as_dict() for c in self.comparisons],
         }
 
@@ -178,7 +182,7 @@ def _timed(fn):
 
 
 def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=None,
-                    rtol=None, seed=None, cell_info=None) -> CheckResult:
+                    rtol=None, seed=None, cell_info=None, localise: bool = True) -> CheckResult:
     """Compare the gradients of ``cell`` at ``params`` on ``batch`` across oracles.
 
     cell: has ``param_specs()``, ``loss(params, batch)`` and ``gradient(params, batch)``.
@@ -190,6 +194,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     rtol: relative tolerance, a scalar or ``{dtype: value}``; per-dtype default.
     seed: the seed that produced params and batch, recorded in the result.
     cell_info: the cell's configuration, recorded in the result.
+    localise: with analytic and numeric oracles, also localise errors to gate block and
+        time step (see :mod:`gradcheck.localise`), when the cell exposes what that needs.
     """
     if oracles is None:
         oracles = ORACLES if symbolic is not None else ("analytic", "numeric")
@@ -237,6 +243,9 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     result = CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
                          comparisons=comparisons, losses=losses, timings=timings,
                          forward_ok=forward_ok)
+    if localise and {"analytic", "numeric"} <= set(oracles):
+        result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
+                                              seed=seed if seed is not None else 0)
     truncation = getattr(cell, "truncation", FULL)
     analytic_vs_numeric = [c for c in comparisons if c.oracles == ("analytic", "numeric")]
     if truncation.kind != "full" and any(not c.passed for c in analytic_vs_numeric):

@@ -26,12 +26,15 @@ class ParamSpec:
     shape: its shape.
     blocks: names of equal-width gate blocks along ``block_axis``, or ``None``.
     block_axis: the axis the blocks are laid along.
+    layer: the stacked layer the parameter belongs to (-1 below the first, as an
+        embedding; ``None`` for the readout).
     """
 
     name: str
     shape: tuple[int, ...]
     blocks: tuple[str, ...] | None = None
     block_axis: int = -1
+    layer: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))

@@ -48,5 +48,7 @@ def format_result(result) -> str:
     times = ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items())
     lines.append(f"time: {times}")
     lines.append(result.summary())
+    if result.localisation is not None:
+        lines.append("where: " + result.localisation.sentence())
     lines.append(f"seed={result.seed}" + (f"; reproduce: {result.command}" if result.command else ""))
     return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Localise a gradient error to gate block and time step.
+
+Two views, both comparing the hand BPTT with finite differences run through
+the cell's step interface (``embed``, ``initial_state``, ``step``, ``output``,
+``readout_loss``; see :mod:`gradcheck.truncation`):
+
+- **step by gate**: parameters untied across time.  For step t and gate block
+  g of a per-step parameter P, the numeric derivative of the loss when P is
+  perturbed *at step t only* along a random Rademacher direction v supported
+  on block g::
+
+      d/de L(P at step t = P + e v) ~ (L(+e) - L(-e)) / 2e,   e = eps^(1/3)
+
+  against ``<step_contributions[P][t], v>`` from the hand BPTT.
+
+- **state adjoints**: for every layer and step, the numeric derivative of the
+  loss when the state s_t carried out of step t is moved along a random
+  direction u, against ``<state_adjoints[layer][t], u>``.  Walking backwards
+  from the last step, the first step where they disagree is where the
+  backward recursion first goes wrong.
+
+A cell offers what this needs through ``gradient_details(params, batch)``
+(see ``cells.gru.GRU.gradient_details``).  Only full BPTT is localised by time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradcheck.finite_differences import STEP_SCALE
+from gradcheck.params import ParamSpec
+from gradcheck.tolerance import Tolerance
+
+__all__ = ["Localisation", "localise", "format_steps"]
+
+
+@dataclass
+class Localisation:
+    """Per-step errors by gate block, and per-step state-adjoint errors.
+
+    rows: one ``(parameter, block)`` per row of the step map.
+    row_layers: the layer of each row's parameter (-1 for an embedding).
+    step_excess: ``(len(rows), T)``: |analytic - numeric| / (atol + rtol max(|a|, |n|)),
+        the worst over the directions tried; > 1 fails.
+    step_values: ``(len(rows), T, 2)`` the analytic and numeric directional derivatives.
+    adjoint_excess: ``(layers, T)`` likewise for the state adjoints.
+    adjoint_values: ``(layers, T, 2)``.
+    directions: how many random directions each entry tried.
+    seed: the seed of those directions.
+    """
+
+    rows: list[tuple[str, str | None]]
+    row_layers: list[int]
+    step_excess: np.ndarray
+    step_values: np.ndarray
+    adjoint_excess: np.ndarray
+    adjoint_values: np.ndarray
+    directions: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return int(self.adjoint_excess.shape[1])
+
+    def wrong_steps(self) -> dict[tuple[str, str | None], list[int]]:
+        """``{(parameter, block): [steps where it fails]}`` for failing rows only."""
+        return {row: [int(t) for t in np.flatnonzero(self.step_excess[i] > 1)]
+                for i, row in enumerate(self.rows) if np.any(self.step_excess[i] > 1)}
+
+    def first_divergence(self) -> dict[int, int | None]:
+        """For each layer, the last step (first met going backwards) whose adjoint fails."""
+        out = {}
+        for layer, excess in enumerate(self.adjoint_excess):
+            bad = np.flatnonzero(excess > 1)
+            out[layer] = int(bad.max()) if bad.size else None
+        return out
+
+    def entry(self) -> tuple[int, int, list[tuple[str, str | None]]] | None:
+        """Where the error enters in backward order: ``(step, layer, [(parameter, block)])``.
+
+        BPTT runs from the last step down and, within a step, from the top layer
+        down; the first failing step and layer met in that order are where the
+        derivation first goes wrong.  Errors found later may be its echoes.
+        """
+        bad = self.step_excess > 1
+        if not bad.any():
+            return None
+        t = int(np.flatnonzero(bad.any(axis=0)).max())
+        layers = [self.row_layers[i] for i in np.flatnonzero(bad[:, t])]
+        layer = max(layers)
+        rows = [self.rows[i] for i in np.flatnonzero(bad[:, t]) if self.row_layers[i] == layer]
+        return t, layer, rows
+
+    def sentence(self) -> str:
+        """One sentence: where the error enters, which blocks it covers, where dL/dh diverges."""
+        entry = self.entry()
+        if entry is None:
+            text = "every per-step gate block agrees at every step"
+        else:
+            t, layer, rows = entry
+            blocks = list(dict.fromkeys(b for _, b in rows if b is not None))
+            params = list(dict.fromkeys(p for p, _ in rows))
+            where = "the embedding" if layer < 0 else f"layer {layer}"
+            text = (f"the error enters at t = {t} in {where}, "
+                    + (f"block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)} of "
+                       if blocks else "")
+                    + ", ".join(params))
+            wrong = self.wrong_steps()
+            spans = [f"{p}{' block ' + b if b else ''} wrong at {format_steps(wrong[(p, b)], self.steps)}"
+                     for p, b in rows][:3]
+            text += " (" + "; ".join(spans) + ")"
+            echoes = len(wrong) - len(rows)
+            if echoes:
+                text += f"; {echoes} more block{'s' if echoes > 1 else ''} wrong further back"
+        div = {l: t for l, t in self.first_divergence().items() if t is not None}
+        if div:
+            text += "; " + "; ".join(
+                f"dL/dh of layer {l} first diverges at t = {t} (going backwards)"
+                for l, t in sorted(div.items(), reverse=True))
+        else:
+            text += "; dL/dh agrees at every step"
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "sentence": self.sentence(),
+            "seed": self.seed,
+            "directions": self.directions,
+            "rows": [{"parameter": p, "block": b, "layer": l}
+                     for (p, b), l in zip(self.rows, self.row_layers)],
+            "step_excess": _nested(self.step_excess),
+            "step_values": _nested(self.step_values),
+            "adjoint_excess": _nested(self.adjoint_excess),
+            "adjoint_values": _nested(self.adjoint_values),
+            "wrong_steps": [{"parameter": p, "block": b, "steps": s}
+                            for (p, b), s in self.wrong_steps().items()],
+            "first_divergence": {str(k): v for k, v in self.first_divergence().items()},
+            "notes": self.notes,
+        }
+
+
+def _nested(a):
+    return np.where(np.isfinite(a), a, 1e300).tolist()
+
+
+def format_steps(steps: list[int], total: int) -> str:
+    """``[0, 1, 2, 4]`` -> "steps 0-2, 4"; all of them -> "every step"."""
+    if len(steps) == total and total > 1:
+        return "every step"
+    runs, start = [], None
+    for i, t in enumerate(steps):
+        if start is None:
+            start = t
+        if i + 1 == len(steps) or steps[i + 1] != t + 1:
+            runs.append(f"{start}" if start == t else f"{start}-{t}")
+            start = None
+    return ("step " if len(steps) == 1 else "steps ") + ", ".join(runs)
+
+
+def _run(cell, params, batch, at=None, step_params=None, offset=None):
+    """Loss through the step interface.
+
+    step_params: parameters used at step ``at`` only (untied across time).
+    offset: ``(layer, delta)`` added to the state carried out of step ``at``.
+    """
+    T, B = batch.mask.shape
+    x = cell.embed(params, batch)
+    state = cell.initial_state(B)
+    outs = []
+    for t in range(T):
+        p, x_t = params, x[t]
+        if step_params is not None and t == at:
+            p, x_t = step_params, cell.embed(step_params, batch)[t]
+        state = cell.step(p, state, x_t, batch.mask[t])
+        if offset is not None and t == at:
+            state = list(state)
+            state[offset[0]] = state[offset[0]] + offset[1]
+        outs.append(cell.output(state))
+    return cell.readout_loss(params, np.stack(outs), batch)
+
+
+def _excess(a, n, tol: Tolerance) -> float:
+    if not (np.isfinite(a) and np.isfinite(n)):
+        return np.inf
+    return abs(a - n) / (tol.atol + tol.rtol * max(abs(a), abs(n)))
+
+
+def _directional(f, eps=STEP_SCALE):
+    # f'(0) ~ (f(e) - f(-e)) / 2e
+    return (f(eps) - f(-eps)) / (2.0 * eps)
+
+
+def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, Tolerance],
+             *, directions: int = 2, seed: int = 0) -> Localisation | None:
+    """Step-by-gate and state-adjoint errors of the hand BPTT, or None if the cell
+    does not expose ``gradient_details`` or truncates its BPTT."""
+    if not hasattr(cell, "gradient_details") or not hasattr(cell, "step"):
+        return None
+    truncation = getattr(cell, "truncation", None)
+    if truncation is not None and truncation.kind != "full":
+        return None
+    details = cell.gradient_details(params, batch)
+    steps = details["step_contributions"]
+    adjoints = details["state_adjoints"]
+    T = batch.mask.shape[0]
+    rng = np.random.default_rng(seed)
+
+    rows = []
+    for spec in specs:
+        if spec.name not in steps:
+            continue
+        blocks = spec.block_slices() or {None: tuple(slice(None) for _ in spec.shape)}
+        rows += [(spec.name, name, idx, spec.layer if spec.layer is not None else 0)
+                 for name, idx in blocks.items()]
+    step_excess = np.zeros((len(rows), T))
+    step_values = np.zeros((len(rows), T, 2))
+    for i, (name, block, idx, _) in enumerate(rows):
+        tol = tolerances[name]
+        for t in range(T):
+            for _ in range(directions):
+                v = np.zeros_like(params[name])
+                v[idx] = rng.choice([-1.0, 1.0], size=v[idx].shape)
+                analytic = float(np.sum(steps[name][t] * v))
+
+                def f(e, name=name, v=v, t=t):
+                    moved = dict(params)
+                    moved[name] = params[name] + e * v
+                    return _run(cell, params, batch, at=t, step_params=moved)
+                numeric = _directional(f)
+                ex = _excess(analytic, numeric, tol)
+                if ex >= step_excess[i, t]:
+                    step_excess[i, t], step_values[i, t] = ex, (analytic, numeric)
+
+    tol = next(iter(tolerances.values()))
+    layers = len(adjoints)
+    adjoint_excess = np.zeros((layers, T))
+    adjoint_values = np.zeros((layers, T, 2))
+    for layer, adj in enumerate(adjoints):
+        for t in range(T):
+            for _ in range(directions):
+                u = rng.choice([-1.0, 1.0], size=adj[t].shape)
+                analytic = float(np.sum(adj[t] * u))
+                numeric = _directional(
+                    lambda e, t=t, u=u, layer=layer: _run(cell, params, batch, at=t,
+                                                          offset=(layer, e * u)))
+                ex = _excess(analytic, numeric, tol)
+                if ex >= adjoint_excess[layer, t]:
+                    adjoint_excess[layer, t], adjoint_values[layer, t] = ex, (analytic, numeric)
+    return Localisation(rows=[(n, b) for n, b, _, _ in rows],
+                        row_layers=[l for _, _, _, l in rows], step_excess=step_excess,
+                        step_values=step_values, adjoint_excess=adjoint_excess,
+                        adjoint_values=adjoint_values, directions=directions, seed=seed)
