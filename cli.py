@@ -34,6 +34,8 @@ examples:
       no symbolic backend needed; a tighter absolute tolerance
   gradcheck check gru --steps 9 --truncate 3 --truncation window --mask lengths
       truncated BPTT(3) on right-padded sequences, checked exactly against its surrogate
+  gradcheck check gru --layers 2 --html report.html
+      also write a self-contained HTML report
 """
 
 
@@ -136,12 +138,29 @@ def make_parser() -> argparse.ArgumentParser:
                      help="absolute tolerance (default per dtype: 1e-6 for float64)")
     how.add_argument("--rtol", type=_positive_float, default=None, metavar="X",
                      help="relative tolerance (default per dtype: 1e-5 for float64)")
+    how.add_argument("--bug", metavar="NAME", default=None,
+                     help="check a deliberately broken variant of the cell instead "
+                          "(test material; 'gradcheck list' names them)")
     how.add_argument("--backend", choices=("pytensor", "theano"), default="pytensor",
                      help="library of the symbolic (autodiff) cell; default pytensor")
     how.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    how.add_argument("--html", metavar="PATH", default=None,
+                     help="also write a self-contained HTML report to PATH")
 
-    sub.add_parser("list", help="list the built-in cells",
-                   description="List the built-in cells that 'gradcheck check' accepts.")
+    report = sub.add_parser(
+        "report", help="render a saved --json result as an HTML report",
+        description="Render the JSON object printed by 'gradcheck check --json' as one "
+                    "self-contained HTML file (no network, no files beside it).",
+        epilog="examples:\n  gradcheck check gru --json > result.json\n"
+               "  gradcheck report result.json -o report.html\n\n"
+               "exit codes: 0 the report was written; 2 the input could not be read\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("result", metavar="RESULT.json", help="a saved 'gradcheck check --json' result")
+    report.add_argument("-o", "--output", metavar="PATH", required=True, help="the HTML file to write")
+
+    sub.add_parser("list", help="list the built-in cells and their broken variants",
+                   description="List the built-in cells that 'gradcheck check' accepts, and the "
+                               "deliberately broken variants that --bug selects.")
     return parser
 
 
@@ -153,16 +172,40 @@ def _run_check(args) -> int:
     oracles = parse_oracles(args.oracles)
     result = check_builtin(
         args.cell, steps=args.steps, batch=args.batch, seed=args.seed, mask=args.mask,
-        oracles=oracles, truncate=args.truncate, truncation=args.truncation,
+        oracles=oracles, truncate=args.truncate, truncation=args.truncation, bug=args.bug,
         atol=args.atol, rtol=args.rtol, backend=args.backend,
         input_size=args.input, hidden_size=args.hidden, layers=args.layers,
         classes=args.classes, vocab=args.vocab, reset=args.reset, gate=args.gate,
         readout=args.readout, embedding=args.embedding)
+    doc = result.as_dict()
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(json.dumps(doc, indent=2))
     else:
         print(format_result(result))
+    if args.html:
+        from reports import write_report
+        path = write_report(doc, args.html)
+        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_PASS if result.passed else EXIT_MISMATCH
+
+
+def _run_report(args) -> int:
+    from reports import write_report
+
+    try:
+        with open(args.result, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read {args.result}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.result} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    missing = [k for k in ("verdict", "cell", "oracles", "comparisons") if not isinstance(doc, dict)
+               or k not in doc]
+    if missing:
+        raise ValueError(f"{args.result} is not a gradcheck result: missing {', '.join(missing)}")
+    path = write_report(doc, args.output)
+    print(f"report: {path}")
+    return EXIT_PASS
 
 
 def _run_list(args) -> int:
@@ -171,6 +214,9 @@ def _run_list(args) -> int:
     width = max(len(name) for name in CELLS)
     for name, entry in CELLS.items():
         print(f"{name.ljust(width)}  {entry.description}")
+        for bug, cls in entry.broken().items():
+            doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."
+            print(f"{''.ljust(width)}    --bug {bug}: {doc}")
     return EXIT_PASS
 
 
@@ -180,6 +226,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "check":
             return _run_check(args)
+        if args.command == "report":
+            return _run_report(args)
         return _run_list(args)
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"gradcheck {args.command}: error: {exc}\n")

@@ -24,9 +24,24 @@ class CellEntry:
     config_class: type
     numpy_class: type
     symbolic_path: str          # "module:Class", imported lazily
+    broken_path: str = ""       # "module:DICT" of deliberately broken variants, by name
 
-    def make(self, config):
-        return self.numpy_class(config)
+    def broken(self) -> dict[str, type]:
+        """The deliberately broken variants (test material), by name."""
+        if not self.broken_path:
+            return {}
+        module, _, name = self.broken_path.partition(":")
+        return dict(getattr(import_module(module), name))
+
+    def make(self, config, bug: str | None = None):
+        """The NumPy cell, or with ``bug`` one of its deliberately broken variants."""
+        if bug is None:
+            return self.numpy_class(config)
+        broken = self.broken()
+        if bug not in broken:
+            choices = ", ".join(broken) or "none"
+            raise ValueError(f"unknown bug {bug!r} for cell {self.name!r}: choose from {choices}")
+        return broken[bug](config)
 
     def make_symbolic(self, config, backend: str = "pytensor"):
         module, _, cls = self.symbolic_path.partition(":")
@@ -41,6 +56,7 @@ CELLS = {
         config_class=GRUConfig,
         numpy_class=GRU,
         symbolic_path="cells.gru_symbolic:SymbolicGRU",
+        broken_path="cells.broken:BROKEN_GRUS",
     ),
 }
 

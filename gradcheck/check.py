@@ -21,7 +21,7 @@ from itertools import combinations
 import numpy as np
 
 from gradcheck.compare import Comparison, compare_gradients
-from gradcheck.finite_differences import central_differences
+from gradcheck.finite_differences import central_differences, step_size_curve
 from gradcheck.localise import Localisation
 from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
@@ -77,6 +77,9 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
     command: str | None = None
     localisation: "Localisation | None" = None
+    gradients: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    step_curve: dict | None = None
+    blocks: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -163,8 +166,30 @@ class CheckResult:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
             "localisation": self.localisation.as_dict() if self.localisation else None,
+            "versions": versions(),
             "comparisons": [c.as_dict() for c in self.comparisons],
+            "blocks": self.blocks,
+            "step_curve": self.step_curve,
+            "gradients": {oracle: {name: np.asarray(g, dtype=np.float64).tolist()
+                                   for name, g in grads.items()}
+                          for oracle, grads in self.gradients.items()},
         }
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a result: Python, NumPy, gradcheck, the symbolic backend."""
+    import platform
+    import sys
+
+    import gradcheck
+
+    out = {"python": platform.python_version(), "numpy": np.__version__,
+           "gradcheck": gradcheck.__version__}
+    for name in ("pytensor", "theano"):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[name] = str(getattr(module, "__version__", "unknown"))
+    return out
 
 
 def _loss_and_gradient(cell, params, batch):
@@ -242,7 +267,11 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                                  grads[b][spec.name], tolerances[spec.name], k))
     result = CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
                          comparisons=comparisons, losses=losses, timings=timings,
-                         forward_ok=forward_ok)
+                         forward_ok=forward_ok, gradients=grads,
+                         blocks={s.name: {"names": list(s.blocks), "axis": s.block_axis}
+                                 for s in specs if s.blocks})
+    if "numeric" in oracles:
+        result.step_curve = _step_curve(result, numeric_loss, params64, grads)
     if localise and {"analytic", "numeric"} <= set(oracles):
         result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
                                               seed=seed if seed is not None else 0)
@@ -272,3 +301,15 @@ def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances) -
             return (f"the analytic gradient matches {alt.describe()} instead of "
                     f"{truncation.describe()}: the hand BPTT's truncation is off")
     return None
+
+
+def _step_curve(result, loss, params, grads):
+    """The finite-difference error against step size, at the worst element."""
+    pairs = [c for c in result.comparisons if "numeric" in c.oracles]
+    # the worst element of the worst failing pair with numeric, else of the worst pair
+    chosen = max(pairs, key=lambda c: (not c.passed, c.max_abs_error))
+    reference = next(o for o in ("autodiff", "analytic") if o in grads)
+    index = chosen.worst_index
+    return step_size_curve(loss, params, chosen.parameter, index,
+                           grads[reference][chosen.parameter][index]) | {
+                               "reference_oracle": reference}

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["STEP_SCALE", "KINK_RTOL", "NumericGradient", "element_steps", "central_differences"]
+__all__ = ["STEP_SCALE", "KINK_RTOL", "NumericGradient", "element_steps", "central_differences",
+           "step_size_curve"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
 # one-sided differences disagreeing by more than this fraction flag a kink
@@ -82,3 +83,31 @@ def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE):
             kinks[i] = abs(fwd - bwd) > KINK_RTOL * max(abs(fwd), abs(bwd)) + 1e3 * STEP_SCALE ** 2
         out[name] = NumericGradient(value.reshape(theta.shape), kinks.reshape(theta.shape))
     return out
+
+
+def step_size_curve(loss, params, name, index, reference, *, scales=None) -> dict:
+    """Error of the central difference of one element against ``reference``, by step size.
+
+    The curve is V-shaped: truncation error O(h^2) on the right, rounding error
+    O(eps / h) on the left, its minimum near h = eps^(1/3).  A curve whose floor
+    sits far above rounding says the reference itself is off.
+
+    Returns ``{"parameter", "index", "steps", "errors", "reference", "step_used"}``.
+    """
+    scales = np.logspace(-1, -13, 25) if scales is None else np.asarray(scales)
+    work = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
+    theta = work[name]
+    old = float(theta[index])
+    steps, errors = [], []
+    for c in scales:
+        h = (old + c * max(1.0, abs(old))) - old
+        theta[index] = old + h
+        f_plus = float(loss(work))
+        theta[index] = old - h
+        f_minus = float(loss(work))
+        theta[index] = old
+        steps.append(float(h))
+        errors.append(abs((f_plus - f_minus) / (2.0 * h) - float(reference)))
+    return {"parameter": name, "index": [int(i) for i in index], "steps": steps,
+            "errors": errors, "reference": float(reference),
+            "step_used": float(element_steps(np.array([old]))[0])}

@@ -18,7 +18,7 @@ def _positive(name, value):
 
 
 def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol,
-                      mask="none") -> str:
+                      mask="none", bug=None) -> str:
     """The CLI command that repeats this check exactly."""
     flag = {"input_size": "--input", "hidden_size": "--hidden"}
     args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
@@ -32,6 +32,8 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
             args += [opt, str(value)]
     if mask != "none":
         args += ["--mask", mask]
+    if bug is not None:
+        args += ["--bug", bug]
     if tuple(oracles) != ORACLES:
         args += ["--oracles", ",".join(oracles)]
     for opt, value in (("--atol", atol), ("--rtol", rtol)):
@@ -42,7 +44,7 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
 
 def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: int | None = 0,
                   mask: str = "none", oracles=ORACLES, atol=None, rtol=None,
-                  backend: str = "pytensor", **config) -> CheckResult:
+                  backend: str = "pytensor", bug: str | None = None, **config) -> CheckResult:
     """Check the built-in cell ``name`` on seeded random parameters and data.
 
     name: a key of ``cells.CELLS`` ("gru").
@@ -54,6 +56,7 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     atol: absolute tolerance override (scalar or ``{dtype: value}``).
     rtol: relative tolerance override (scalar or ``{dtype: value}``).
     backend: the symbolic backend, "pytensor" or "theano".
+    bug: check one of the cell's deliberately broken variants instead (``gradcheck list``).
     config: the cell's configuration fields (see its config class).
     """
     from cells import get_cell
@@ -67,15 +70,17 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2 ** 32))
     cfg = entry.config_class(**config)
-    cell = entry.make(cfg)
+    cell = entry.make(cfg, bug)
     rng = np.random.default_rng(seed)
     params = cell.init_params(rng)
     data = cell.sample_batch(rng, steps, batch, make_mask(mask, rng, steps, batch))
     symbolic = entry.make_symbolic(cfg, backend) if "autodiff" in oracles else None
     info = {"name": name, **cfg.as_dict(), "steps": steps, "batch": batch, "mask": mask}
+    if bug is not None:
+        info["bug"] = bug
     result = check_gradients(cell, params, data, symbolic=symbolic, oracles=oracles,
                              atol=atol, rtol=rtol, seed=seed, cell_info=info)
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
                                        seed=seed, oracles=oracles, atol=atol, rtol=rtol,
-                                       mask=mask)
+                                       mask=mask, bug=bug)
     return result
