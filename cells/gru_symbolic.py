@@ -217,7 +217,7 @@ class SymbolicGRU:
         if tr.kind == "window":
             k = T.lscalar("window_k")
             inputs.append(k)
-            surrogate = readout_loss(self._window_states(bk, k, x, m, states, layer))
+            surrogate = readout_loss(self._window_states(bk, params, k, x, m, states, layer))
         else:
             surrogate = loss
         wrt = [params[s.name] for s in specs]
@@ -225,7 +225,7 @@ class SymbolicGRU:
         return bk.function(inputs, [loss] + list(grads))
 
     @staticmethod
-    def _window_states(bk, k, x, m, states, layer):
+    def _window_states(bk, params, k, x, m, states, layer):
         """Top states (T, B, H) recomputed, for every step t, over the window t - k .. t
         from the frozen states entering step t - k (see the module docstring)."""
         T = bk.tensor
@@ -241,13 +241,16 @@ class SymbolicGRU:
             windows = T.concatenate([pad, seq], axis=0)[rows]             # ((k + 1) T, B, ...)
             return windows.reshape((span, steps * B) + rest)
 
+        # specify_shape states known shapes, so that shape inference during grad
+        # need not re-derive them through the scans (a third less compile time)
         mask = unfold(m)                                                  # (k + 1, T B)
         h = unfold(x)                                                     # (k + 1, T B, D)
         for l, hs in enumerate(states):
-            frozen = bk.disconnected_grad(hs)                             # (T, B, H)
+            H = params[f"U{l}"].shape[0]
+            frozen = T.specify_shape(bk.disconnected_grad(hs), (steps, B, H))   # (T, B, H)
             # the state entering step t - k: h_{t-k-1}, zero when t - k <= 0
-            H = frozen.shape[2]
             zeros = T.zeros((span, B, H), dtype="float64")
             start = T.concatenate([zeros, frozen], axis=0)[:steps]        # (T, B, H)
-            h = layer(l, h, mask, start.reshape((steps * B, H)))          # (k + 1, T B, H)
-        return h[-1].reshape((steps, B, h.shape[2]))                      # (T, B, H)
+            h = layer(l, h, mask, start.reshape((steps * B, H)))
+            h = T.specify_shape(h, (span, steps * B, H))                  # (k + 1, T B, H)
+        return h[-1].reshape((steps, B, H))                               # (T, B, H)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import logging
@@ -15,6 +16,8 @@ from cells.activations import hard_sigmoid, log_softmax
 from cells.gru import GRU, GRUConfig
 from cells.gru_symbolic import SymbolicGRU
 from gradcheck.batch import Batch
+from gradcheck.finite_differences import central_differences
+from gradcheck.truncation import Truncation, surrogate_loss
 
 VARIANTS = list(itertools.product(("before", "after"), ("sigmoid", "hard"), ("lm", "mean"),
                                   (False, True), (1, 2)))
@@ -123,27 +126,28 @@ def test_one_compiled_function_per_structure_any_size():
 
 def test_compiles_lazily():
     count = gru_symbolic.compiled_count()
-    model = SymbolicGRU(GRUConfig(layers=3), truncate_gradient=4)
+    model = SymbolicGRU(GRUConfig(layers=3, truncate=4, truncation="tail"))
     assert model.key not in gru_symbolic._COMPILED
     assert gru_symbolic.compiled_count() == count
 
 
-def test_truncate_gradient_keeps_only_the_last_steps():
-    """scan's truncate_gradient=k backpropagates through the last k steps of the sequence only.
+def test_tail_truncation_keeps_only_the_last_steps():
+    """tail k (scan's truncate_gradient=k) backpropagates through the last k steps only.
 
     It is not k-step sliding-window truncation: the loss and the readout
     gradient are unchanged, the inputs of the last k steps get their full
     gradient, and no gradient at all reaches the inputs of earlier steps, not
     even from their own loss terms.
     """
+    steps, k = 6, 2
     config = GRUConfig(embedding=True)
     ref = GRU(config)
     rng = np.random.default_rng(11)
     params = ref.init_params(rng)
-    steps, k = 6, 2
     ids = np.repeat(np.arange(steps)[:, None], 2, axis=1)    # token t at step t
     batch = Batch(ids, rng.integers(0, config.classes, size=(steps, 2)), np.ones((steps, 2)))
-    loss, grads = SymbolicGRU(config, truncate_gradient=k).loss_and_gradient(params, batch)
+    tail = dataclasses.replace(config, truncate=k, truncation="tail")
+    loss, grads = SymbolicGRU(tail).loss_and_gradient(params, batch)
     full = ref.gradient(params, batch)
     assert loss == pytest.approx(ref.loss(params, batch), rel=1e-12)
     for name in ("V", "c"):
@@ -155,13 +159,116 @@ def test_truncate_gradient_keeps_only_the_last_steps():
     assert not np.allclose(grads["U0"], full["U0"])
 
 
+# ------------------------------------------------------------ truncated BPTT
+WINDOW_KS = (1, 2, 3, STEPS - 1, STEPS + 3)      # the last two are full BPTT
+
+
+def truncated(config, kind, k):
+    return dataclasses.replace(config, truncate=k, truncation=kind)
+
+
+def max_difference(grads, ref_grads):
+    return max(float(np.abs(grads[name] - g).max()) for name, g in ref_grads.items())
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_window_truncation_matches_reference(variant):
+    """One compiled function (k is an input) gives NumPy's window-k gradient for every k."""
+    config = variant_config(*variant)
+    ref, params, batch = make_case(config, seed=300 + VARIANTS.index(variant))
+    assert np.all(batch.mask[:, 1] == 0) and np.any(batch.mask[:, 0] == 0)
+    true_loss, full = ref.loss_and_gradient(params, batch)
+    keys, counts = set(), set()
+    for k in WINDOW_KS:
+        cell = truncated(config, "window", k)
+        model = SymbolicGRU(cell)
+        loss, grads = model.loss_and_gradient(params, batch)
+        keys.add(model.key)
+        counts.add(gru_symbolic.compiled_count())
+        # window truncation changes the gradient, never the loss
+        assert abs(loss - true_loss) <= 1e-12 * abs(true_loss)
+        ref_grads = GRU(cell).gradient(params, batch)
+        assert max_difference(grads, ref_grads) < 1e-12, k
+        if k >= STEPS - 1:
+            assert max_difference(grads, full) < 1e-12, k
+        elif k == 1:
+            assert max_difference(grads, full) > 1e-6, k   # the truncation does something
+    assert len(keys) == 1 and len(counts) == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_tail_truncation_matches_reference(variant):
+    config = truncated(variant_config(*variant), "tail", 2)
+    ref, params, batch = make_case(config, seed=400 + VARIANTS.index(variant))
+    loss, grads = SymbolicGRU(config).loss_and_gradient(params, batch)
+    true_loss = GRU(variant_config(*variant)).loss(params, batch)
+    assert abs(loss - true_loss) <= 1e-12 * abs(true_loss)
+    assert max_difference(grads, ref.gradient(params, batch)) < 1e-12
+    window = truncated(config, "window", 2)
+    assert max_difference(grads, GRU(window).gradient(params, batch)) > 1e-6
+
+
+@pytest.mark.parametrize("variant", [("after", "hard", "lm", True, 2),
+                                     ("before", "sigmoid", "mean", False, 2)],
+                         ids=["after-hard-lm-emb-L2", "before-sigmoid-mean-dense-L2"])
+@pytest.mark.parametrize("k", [1, 3, STEPS])
+def test_tail_truncation_matches_reference_for_several_k(variant, k):
+    config = variant_config(*variant)
+    ref, params, batch = make_case(config, seed=500 + k)
+    tail = truncated(config, "tail", k)
+    model = SymbolicGRU(tail)
+    loss, grads = model.loss_and_gradient(params, batch)
+    assert model.key[-3:] == ("tail", k, "pytensor")
+    assert abs(loss - ref.loss(params, batch)) <= 1e-12 * abs(ref.loss(params, batch))
+    assert max_difference(grads, GRU(tail).gradient(params, batch)) < 1e-12
+    full = ref.gradient(params, batch)
+    if k >= STEPS:
+        assert max_difference(grads, full) < 1e-12
+    else:
+        assert max_difference(grads, full) > 1e-6
+
+
+@pytest.mark.parametrize("kind", ["window", "tail"])
+def test_truncated_gradient_is_the_surrogate_gradient(kind):
+    """Independently of the hand BPTT: central differences of the truncation surrogate."""
+    config = truncated(variant_config("after", "sigmoid", "lm", True, 2), kind, 2)
+    ref, params, batch = make_case(config, seed=600, scale=1.0)
+    grads = SymbolicGRU(config).gradient(params, batch)
+    numeric = central_differences(surrogate_loss(ref, params, batch, Truncation(kind, 2)), params)
+    for name, g in numeric.items():
+        np.testing.assert_allclose(grads[name], g.value, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_window_longer_than_the_sequence_and_short_sequences():
+    """k is clamped to T - 1 per call; T = 1 and T = 0 work too."""
+    config = variant_config("before", "hard", "lm", False, 2)
+    ref = GRU(config)
+    rng = np.random.default_rng(700)
+    params = ref.init_params(rng)
+    for steps in (1, 0):
+        batch = ref.sample_batch(rng, steps, 3, np.ones((steps, 3)))
+        for k in (1, 7):
+            cell = truncated(config, "window", k)
+            loss, grads = SymbolicGRU(cell).loss_and_gradient(params, batch)
+            ref_loss, ref_grads = GRU(cell).loss_and_gradient(params, batch)
+            assert loss == pytest.approx(ref_loss, rel=1e-12, abs=1e-15)
+            assert max_difference(grads, ref_grads) < 1e-12
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="unknown backend 'x': choose pytensor or theano"):
         backends.load("x")
     with pytest.raises(ValueError, match="unknown backend"):
         SymbolicGRU(GRUConfig(), backend="x")
-    with pytest.raises(ValueError, match="truncate_gradient"):
-        SymbolicGRU(GRUConfig(), truncate_gradient=0)
+    # truncation comes from the config alone
+    with pytest.raises(TypeError, match="either a config or GRUConfig fields"):
+        SymbolicGRU(GRUConfig(), truncate_gradient=3)
+    with pytest.raises(TypeError, match="truncate_gradient"):
+        SymbolicGRU(truncate_gradient=3)
+    with pytest.raises(ValueError, match="truncate=0 must be -1"):
+        SymbolicGRU(truncate=0)
+    with pytest.raises(ValueError, match="truncation='both' is not one of"):
+        SymbolicGRU(truncate=2, truncation="both")
     model = SymbolicGRU(GRUConfig())
     ref, params, batch = make_case(GRUConfig(), seed=0)
     del params["U0"]
