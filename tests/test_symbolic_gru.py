@@ -162,6 +162,15 @@ def test_tail_truncation_keeps_only_the_last_steps():
 # ------------------------------------------------------------ truncated BPTT
 WINDOW_KS = (1, 2, 3, STEPS - 1, STEPS + 3)      # the last two are full BPTT
 
+# Truncated graphs compile slowly (window: about 2.5 s each), so the truncation
+# tests run on 8 of the 32 variants: a two-level orthogonal array (columns a, b, c,
+# a^b, a^c of a 2^3 factorial) in which every
+# pair of options (reset x gate, gate x layers, ...) occurs together exactly twice.
+PAIRWISE = [(("before", "after")[a], ("sigmoid", "hard")[b], ("lm", "mean")[c],
+             bool(a ^ b), (1, 2)[a ^ c])
+            for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+PAIRWISE_IDS = [IDS[VARIANTS.index(v)] for v in PAIRWISE]
+
 
 def truncated(config, kind, k):
     return dataclasses.replace(config, truncate=k, truncation=kind)
@@ -171,7 +180,7 @@ def max_difference(grads, ref_grads):
     return max(float(np.abs(grads[name] - g).max()) for name, g in ref_grads.items())
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", PAIRWISE, ids=PAIRWISE_IDS)
 def test_window_truncation_matches_reference(variant):
     """One compiled function (k is an input) gives NumPy's window-k gradient for every k."""
     config = variant_config(*variant)
@@ -196,7 +205,7 @@ def test_window_truncation_matches_reference(variant):
     assert len(keys) == 1 and len(counts) == 1
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("variant", PAIRWISE, ids=PAIRWISE_IDS)
 def test_tail_truncation_matches_reference(variant):
     config = truncated(variant_config(*variant), "tail", 2)
     ref, params, batch = make_case(config, seed=400 + VARIANTS.index(variant))
