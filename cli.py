@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 __all__ = ["make_parser", "main", "EXIT_PASS", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_INTERNAL"]
@@ -100,40 +101,45 @@ def make_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check", help="check a cell's gradients with two or three oracles",
-        description="Check a built-in cell: seeded random parameters and data, its hand-written "
+        description="Check a cell: seeded random parameters and data, its hand-written "
                     "gradient (analytic), central finite differences (numeric) and the symbolic "
-                    "version's gradient (autodiff), compared pairwise.",
+                    "version's gradient (autodiff), compared pairwise. The cell is a built-in "
+                    "one or path/to/file.py:NAME, where NAME is a make_case(seed) function, "
+                    "a gradcheck.Case, or a model class with forward_propagation and bptt.",
         epilog=CHECK_EXAMPLES + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    check.add_argument("cell", help="the cell to check (see 'gradcheck list')")
+    check.add_argument("cell", help="a built-in cell (see 'gradcheck list') or path/to/file.py:NAME, "
+                                    "a cell of your own (see the README)")
     sizes = check.add_argument_group("sizes")
     sizes.add_argument("--steps", type=_positive_int, default=5, metavar="T", help="sequence length (default 5)")
     sizes.add_argument("--batch", type=_positive_int, default=3, metavar="B", help="batch size (default 3)")
-    sizes.add_argument("--input", type=_positive_int, default=4, metavar="D", help="input or embedding width (default 4)")
-    sizes.add_argument("--hidden", type=_positive_int, default=5, metavar="H", help="hidden units per layer (default 5)")
-    sizes.add_argument("--layers", type=_positive_int, default=1, metavar="L", help="stacked layers (default 1)")
-    sizes.add_argument("--vocab", type=_positive_int, default=7, metavar="V", help="vocabulary size with --embedding (default 7)")
-    sizes.add_argument("--classes", type=_positive_int, default=3, metavar="C", help="readout classes (default 3)")
+    sizes.add_argument("--input", type=_positive_int, default=None, metavar="D", help="input or embedding width (default 4)")
+    sizes.add_argument("--hidden", type=_positive_int, default=None, metavar="H", help="hidden units per layer (default 5)")
+    sizes.add_argument("--layers", type=_positive_int, default=None, metavar="L", help="stacked layers (default 1)")
+    sizes.add_argument("--vocab", type=_positive_int, default=None, metavar="V", help="vocabulary size with --embedding (default 7)")
+    sizes.add_argument("--classes", type=_positive_int, default=None, metavar="C", help="readout classes (default 3)")
     sizes.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random draw (default 0)")
     variant = check.add_argument_group("variant")
-    variant.add_argument("--reset", choices=("before", "after"), default="before",
+    variant.add_argument("--reset", choices=("before", "after"), default=None,
                          help="reset gate before the recurrent matmul (Cho et al.) or after it (cuDNN, torch); default before")
-    variant.add_argument("--gate", choices=("sigmoid", "hard"), default="sigmoid",
+    variant.add_argument("--gate", choices=("sigmoid", "hard"), default=None,
                          help="gate activation: logistic sigmoid or clip(0.2a + 0.5, 0, 1); default sigmoid")
-    variant.add_argument("--readout", choices=("lm", "mean"), default="lm",
+    variant.add_argument("--readout", choices=("lm", "mean"), default=None,
                          help="per-step softmax (language model) or masked mean pooling + softmax; default lm")
-    variant.add_argument("--embedding", action="store_true", help="token-id inputs through an embedding")
-    variant.add_argument("--truncate", type=_truncate, default=-1, metavar="K",
+    variant.add_argument("--embedding", action="store_true", default=None,
+                         help="token-id inputs through an embedding")
+    variant.add_argument("--truncate", type=_truncate, default=None, metavar="K",
                          help="truncated BPTT over K steps; -1 is full BPTT (default)")
-    variant.add_argument("--truncation", choices=("window", "tail"), default="window",
+    variant.add_argument("--truncation", choices=("window", "tail"), default=None,
                          help="window: the loss at step t reaches steps t-K..t (BPTT(K)); "
                               "tail: only the last K steps are back-propagated "
                               "(scan's truncate_gradient); default window")
-    variant.add_argument("--mask", choices=("none", "lengths", "random"), default="none",
+    variant.add_argument("--mask", choices=("none", "lengths", "random"), default=None,
                          help="no mask, right-padded random lengths, or a random 0/1 pattern; default none")
     how = check.add_argument_group("checking")
-    how.add_argument("--oracles", default="analytic,numeric,autodiff", metavar="LIST",
-                     help="comma-separated subset of analytic,numeric,autodiff (at least two; default all)")
+    how.add_argument("--oracles", default=None, metavar="LIST",
+                     help="comma-separated subset of analytic,numeric,autodiff (at least two; "
+                          "default all three, or all the cell has)")
     how.add_argument("--atol", type=_positive_float, default=None, metavar="X",
                      help="absolute tolerance (default per dtype: 1e-6 for float64)")
     how.add_argument("--rtol", type=_positive_float, default=None, metavar="X",
@@ -164,19 +170,59 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# option -> the config field it sets, for built-in cells
+CONFIG_OPTIONS = {"input": "input_size", "hidden": "hidden_size", "layers": "layers",
+                  "vocab": "vocab", "classes": "classes", "reset": "reset", "gate": "gate",
+                  "readout": "readout", "embedding": "embedding", "truncate": "truncate",
+                  "truncation": "truncation"}
+BUILTIN_ONLY = ("mask", "bug")
+
+
+def _given(args, names):
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _check_file_target(args):
+    from gradcheck.check import check_gradients
+    from gradcheck.loader import case_from_target, load_target
+
+    given = _given(args, list(CONFIG_OPTIONS) + list(BUILTIN_ONLY))
+    if given:
+        option = "--" + next(iter(given)).replace("_", "-")
+        raise ValueError(f"{option} applies to built-in cells only; a file's cell sets its own "
+                         "configuration")
+    name = args.cell.rpartition(":")[2]
+    case = case_from_target(load_target(args.cell), name=name, steps=args.steps,
+                            batch=args.batch, seed=args.seed)
+    result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
+                             oracles=args.oracles, atol=args.atol, rtol=args.rtol,
+                             seed=case.seed if case.seed is not None else args.seed,
+                             cell_info={"target": args.cell, **case.info})
+    result.command = shlex.join(["gradcheck", "check", args.cell, "--steps", str(args.steps),
+                                 "--batch", str(args.batch), "--seed", str(args.seed)])
+    return result
+
+
 def _run_check(args) -> int:
-    from gradcheck.check import parse_oracles
+    from gradcheck.check import ORACLES
+    from gradcheck.loader import is_file_target
     from gradcheck.runner import check_builtin
     from gradcheck.text_report import format_result
 
-    oracles = parse_oracles(args.oracles)
-    result = check_builtin(
-        args.cell, steps=args.steps, batch=args.batch, seed=args.seed, mask=args.mask,
-        oracles=oracles, truncate=args.truncate, truncation=args.truncation, bug=args.bug,
-        atol=args.atol, rtol=args.rtol, backend=args.backend,
-        input_size=args.input, hidden_size=args.hidden, layers=args.layers,
-        classes=args.classes, vocab=args.vocab, reset=args.reset, gate=args.gate,
-        readout=args.readout, embedding=args.embedding)
+    if is_file_target(args.cell):
+        result = _check_file_target(args)
+    else:
+        from cells import get_cell
+        fields = set(get_cell(args.cell).config_class.__dataclass_fields__)
+        config = {}
+        for option, value in _given(args, CONFIG_OPTIONS).items():
+            if CONFIG_OPTIONS[option] not in fields:
+                raise ValueError(f"--{option} does not apply to cell {args.cell!r}")
+            config[CONFIG_OPTIONS[option]] = value
+        result = check_builtin(
+            args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
+            mask=args.mask or "none", oracles=args.oracles or ORACLES, bug=args.bug,
+            atol=args.atol, rtol=args.rtol, backend=args.backend, **config)
     doc = result.as_dict()
     if args.json:
         print(json.dumps(doc, indent=2))

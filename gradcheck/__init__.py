@@ -11,8 +11,9 @@ from gradcheck.finite_differences import central_differences
 from gradcheck.params import ParamSpec
 from gradcheck.runner import check_builtin
 from gradcheck.tolerance import Tolerance, resolve_tolerance
+from gradcheck.user_cells import Case, function_cell, model_cell
 
-__all__ = ["Batch", "ORACLES", "CheckResult", "check_gradients", "Comparison",
-           "central_differences", "ParamSpec", "check_builtin", "Tolerance",
-           "resolve_tolerance"]
+__all__ = ["Batch", "Case", "ORACLES", "CheckResult", "check_gradients", "Comparison",
+           "central_differences", "ParamSpec", "check_builtin", "function_cell", "model_cell",
+           "Tolerance", "resolve_tolerance"]
 __version__ = "0.1.0"

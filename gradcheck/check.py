@@ -28,7 +28,7 @@ from gradcheck.params import validate_params
 from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
 
-__all__ = ["ORACLES", "CheckResult", "check_gradients", "diagnose_truncation", "odd_one_out",
+__all__ = ["ORACLES", "CellError", "CheckResult", "check_gradients", "diagnose_truncation", "odd_one_out",
            "parse_oracles"]
 
 ORACLES = ("analytic", "numeric", "autodiff")
@@ -200,9 +200,20 @@ def _loss_and_gradient(cell, params, batch):
     return float(cell.loss(params, batch)), cell.gradient(params, batch)
 
 
-def _timed(fn):
+class CellError(ValueError):
+    """A cell (or its symbolic twin) raised while an oracle ran it."""
+
+
+def _timed(oracle, fn):
+    """Run one oracle; an exception from the cell becomes a one-line CellError."""
     start = time.perf_counter()
-    value = fn()
+    try:
+        value = fn()
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise CellError(f"the {oracle} oracle failed: the cell raised "
+                        f"{type(exc).__name__}: {exc}") from exc
     return value, time.perf_counter() - start
 
 
@@ -236,7 +247,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     grads, losses, timings, kinks = {}, {}, {}, {}
     if "analytic" in oracles:
         (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
-            lambda: _loss_and_gradient(cell, params64, batch))
+            "analytic", lambda: _loss_and_gradient(cell, params64, batch))
         validate_params(specs, grads["analytic"], what="analytic gradient")
     if "numeric" in oracles:
         truncation = getattr(cell, "truncation", FULL)
@@ -246,13 +257,14 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         else:   # the surrogate whose exact gradient is the truncated one
             numeric_loss = surrogate_loss(cell, params64, batch, truncation)
         numeric, timings["numeric"] = _timed(
-            lambda: central_differences(numeric_loss, params64))
+            "numeric", lambda: central_differences(numeric_loss, params64))
         grads["numeric"] = {k: v.value for k, v in numeric.items()}
         kinks = {k: v.kinks for k, v in numeric.items()}
-        losses.setdefault("numpy", float(cell.loss(params64, batch)))
+        if "numpy" not in losses:
+            losses["numpy"], _ = _timed("numeric", lambda: float(cell.loss(params64, batch)))
     if "autodiff" in oracles:
         (losses["symbolic"], grads["autodiff"]), timings["autodiff"] = _timed(
-            lambda: _loss_and_gradient(symbolic, params64, batch))
+            "autodiff", lambda: _loss_and_gradient(symbolic, params64, batch))
         validate_params(specs, grads["autodiff"], what="autodiff gradient")
 
     forward_ok = True

@@ -16,7 +16,8 @@ def _cell_line(cell: dict) -> str:
         variants.append(f"truncation={cell['truncation']} k={cell['truncate']}")
     elif "truncate" in cell:
         variants.append("full BPTT")
-    return f"cell {cell.get('name', '?')}: {sizes}; {', '.join(variants)}"
+    parts = [p for p in (sizes, ", ".join(variants)) if p]
+    return f"cell {cell.get('name', '?')}: {'; '.join(parts)}"
 
 
 def format_result(result) -> str:

@@ -1,0 +1,106 @@
+"""Load a user's cell from ``path/to/file.py:NAME`` and turn it into a :class:`Case`.
+
+NAME may be:
+
+- a function ``make_case(seed)`` (or ``make_case(seed, steps, batch)``) returning a
+  :class:`gradcheck.Case`: the general form;
+- a :class:`gradcheck.Case` object;
+- a blog-style model class (instantiated with no arguments) or instance, with
+  ``forward_propagation(x)`` and ``bptt(x, y)``: see :func:`gradcheck.model_cell`.
+
+Every problem is a :class:`UserCodeError` (a ValueError) with one line that
+says what is wrong, so the CLI can exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+from gradcheck.user_cells import Case, model_cell
+
+__all__ = ["UserCodeError", "is_file_target", "load_target", "case_from_target"]
+
+
+class UserCodeError(ValueError):
+    """The user's file or cell cannot be used; the message says why, in one line."""
+
+
+def is_file_target(text: str) -> bool:
+    """``path.py:NAME`` (a file target) rather than a built-in cell name."""
+    path, sep, name = text.rpartition(":")
+    return bool(sep) and path.endswith(".py")
+
+
+def load_target(text: str):
+    """The object NAME defined by ``path.py:NAME``."""
+    path, sep, name = text.rpartition(":")
+    if not sep or not path.endswith(".py") or not name:
+        raise UserCodeError(f"{text!r} is not of the form path/to/file.py:NAME")
+    file = Path(path)
+    if not file.is_file():
+        raise UserCodeError(f"no such file: {path}")
+    module_name = f"gradcheck_user_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    folder = str(file.resolve().parent)
+    added = folder not in sys.path
+    if added:   # the file may import its neighbours
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise UserCodeError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:
+        raise UserCodeError(f"importing {path} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
+    if not hasattr(module, name):
+        defined = [n for n in vars(module) if not n.startswith("_")][:12]
+        raise UserCodeError(f"{path} defines no {name!r} (it defines {', '.join(defined)})")
+    return getattr(module, name)
+
+
+def _is_model(obj) -> bool:
+    return callable(getattr(obj, "forward_propagation", None)) and callable(
+        getattr(obj, "bptt", None))
+
+
+def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Case:
+    """Turn what ``load_target`` returned into a :class:`Case` (see the module docstring)."""
+    if isinstance(obj, Case):
+        return obj
+    if inspect.isclass(obj):
+        if _is_model(obj):
+            try:
+                model = obj()
+            except TypeError as exc:
+                raise UserCodeError(
+                    f"{name} needs constructor arguments ({exc}): define a module-level "
+                    f"instance, e.g. model = {name}(...), and point at it") from None
+            return model_cell(model, steps=steps, seed=seed)
+        raise UserCodeError(
+            f"{name} is a class without forward_propagation and bptt: point at a "
+            "make_case(seed) function returning gradcheck.Case instead")
+    if _is_model(obj):
+        return model_cell(obj, steps=steps, seed=seed)
+    if inspect.isfunction(obj):
+        params = inspect.signature(obj).parameters
+        kwargs = {k: v for k, v in (("seed", seed), ("steps", steps), ("batch", batch))
+                  if k in params}
+        if "seed" not in params:
+            raise UserCodeError(f"{name} must take a seed argument: def {name}(seed): ...")
+        try:
+            case = obj(**kwargs)
+        except Exception as exc:
+            raise UserCodeError(f"{name}(...) raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(case, Case):
+            raise UserCodeError(f"{name}(...) returned {type(case).__name__}, not gradcheck.Case")
+        return case
+    raise UserCodeError(
+        f"{name} is a {type(obj).__name__}: expected a make_case(seed) function, a "
+        "gradcheck.Case, or a model class with forward_propagation and bptt")
