@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from importlib import import_module
 
 from cells.gru import GRU, GRUConfig
+from cells.lstm import LSTM, LSTMConfig
 
-__all__ = ["CellEntry", "CELLS", "get_cell", "GRU", "GRUConfig"]
+__all__ = ["CellEntry", "CELLS", "get_cell", "GRU", "GRUConfig", "LSTM", "LSTMConfig"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ CELLS = {
         numpy_class=GRU,
         symbolic_path="cells.gru_symbolic:SymbolicGRU",
         broken_path="cells.broken:BROKEN_GRUS",
+    ),
+    "lstm": CellEntry(
+        name="lstm",
+        description="long short-term memory (Theano tutorial, gates i|f|o|c): sigmoid/hard "
+                    "gates, stacked layers, embedding inputs, lm/mean readouts",
+        config_class=LSTMConfig,
+        numpy_class=LSTM,
+        symbolic_path="cells.lstm_symbolic:SymbolicLSTM",
     ),
 }
 

@@ -20,6 +20,10 @@ layer's states:
     readout="lm":   L = (1/B) sum_{t,b} m_tb * CE(softmax(h_tb V + c), y_tb)
     readout="mean": p_b = sum_t m_tb h_tb / max(1, sum_t m_tb)
                     L = (1/B) sum_b CE(softmax(p_b V + c), y_b)
+
+Only the layer step, its BPTT and the stacking are here; the data, embedding,
+readouts and BPTT driver (``loss_and_gradient``, ``gradient_details``,
+truncation) are shared with the LSTM in :mod:`cells.stacked`.
 """
 
 from __future__ import annotations
@@ -28,15 +32,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cells.activations import GATES, log_softmax, tanh_grad_from_output
-from gradcheck.batch import Batch, validate_mask
-from gradcheck.params import ParamSpec, validate_params
+from cells.activations import GATES, tanh_grad_from_output
+from cells.stacked import READOUTS, StackedCell, validate_config
+from gradcheck.batch import Batch
+from gradcheck.params import ParamSpec
 from gradcheck.truncation import parse_truncation
 
 __all__ = ["GRUConfig", "GRU", "RESETS", "READOUTS"]
 
 RESETS = ("before", "after")
-READOUTS = ("lm", "mean")
 GATE_BLOCKS = ("r", "z", "h")
 
 
@@ -70,22 +74,13 @@ class GRUConfig:
     truncation: str = "window"
 
     def __post_init__(self):
-        for name in ("input_size", "hidden_size", "layers", "classes", "vocab"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        for name, allowed in (("reset", RESETS), ("gate", tuple(GATES)), ("readout", READOUTS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
-                )
-        parse_truncation(self.truncate, self.truncation)
+        validate_config(self, (("reset", RESETS), ("gate", tuple(GATES)), ("readout", READOUTS)))
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-class GRU:
+class GRU(StackedCell):
     """The reference GRU: ``loss(params, batch)`` and ``gradient(params, batch)``."""
 
     name = "gru"
@@ -112,54 +107,6 @@ class GRU:
         specs.append(ParamSpec("V", (H, c.classes)))
         specs.append(ParamSpec("c", (c.classes,)))
         return specs
-
-    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Random float64 parameters: N(0, 1/fan_in) weights, N(0, 0.25) biases."""
-        params = {}
-        for spec in self.param_specs():
-            if len(spec.shape) == 2 and spec.name != "E":
-                scale = 1.0 / np.sqrt(spec.shape[0])
-            else:
-                scale = 0.5
-            params[spec.name] = rng.normal(0.0, scale, size=spec.shape)
-        return params
-
-    def sample_batch(self, rng: np.random.Generator, steps: int, batch: int,
-                     mask: np.ndarray | None = None) -> Batch:
-        """A random batch; ``mask`` defaults to all ones."""
-        c = self.config
-        if c.embedding:
-            x = rng.integers(0, c.vocab, size=(steps, batch))
-        else:
-            x = rng.normal(size=(steps, batch, c.input_size))
-        if c.readout == "lm":
-            y = rng.integers(0, c.classes, size=(steps, batch))
-        else:
-            y = rng.integers(0, c.classes, size=(batch,))
-        if mask is None:
-            mask = np.ones((steps, batch))
-        return Batch(x, y, validate_mask(mask, steps, batch))
-
-    def check_inputs(self, params, batch: Batch) -> None:
-        """ValueError naming the first problem with ``params`` or ``batch``."""
-        c = self.config
-        validate_params(self.param_specs(), params)
-        x = np.asarray(batch.x)
-        if c.embedding:
-            if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(f"x must be (T, B) token ids, got {x.dtype} {x.shape}")
-            if x.size and (x.min() < 0 or x.max() >= c.vocab):
-                raise ValueError(f"token ids must lie in [0, {c.vocab})")
-        elif x.ndim != 3 or x.shape[2] != c.input_size:
-            raise ValueError(f"x must be (T, B, {c.input_size}), got {x.shape}")
-        T, B = x.shape[:2]
-        y_shape = (T, B) if c.readout == "lm" else (B,)
-        y = np.asarray(batch.y)
-        if y.shape != y_shape or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"y must be {y_shape} class ids, got {y.dtype} {y.shape}")
-        if y.size and (y.min() < 0 or y.max() >= c.classes):
-            raise ValueError(f"class ids must lie in [0, {c.classes})")
-        validate_mask(batch.mask, T, B)
 
     # -------------------------------------------------- one step, and its BPTT
     def _layer_step(self, l, params, h, xp_t, m_t):
@@ -221,12 +168,6 @@ class GRU:
         return dh_prev, np.concatenate([da_r, da_z, da_h], axis=1)   # (B, H), (B, 3H)
 
     # ----------------------------------------------------- the step interface
-    def embed(self, params, batch: Batch) -> np.ndarray:
-        """Layer 0's inputs (T, B, D): E[ids] with an embedding, else x itself."""
-        if self.config.embedding:
-            return params["E"][batch.x]
-        return np.asarray(batch.x, dtype=np.float64)
-
     def initial_state(self, batch_size: int) -> list[np.ndarray]:
         """h_{-1} = 0 for every layer."""
         return [np.zeros((batch_size, self.config.hidden_size)) for _ in range(self.config.layers)]
@@ -245,47 +186,6 @@ class GRU:
     def output(state) -> np.ndarray:
         """What the readout sees of a state: the top layer's h_t (B, H)."""
         return state[-1]
-
-    # ---------------------------------------------------------------- readout
-    def readout_loss(self, params, top, batch: Batch) -> float:
-        """The loss from the top layer's states ``top`` (T, B, H)."""
-        return self._readout(params, top, batch)[0]
-
-    def _readout(self, params, top, batch: Batch):
-        c = self.config
-        m = batch.mask                                          # (T, B)
-        B = m.shape[1]
-        V, cb = params["V"], params["c"]
-        if c.readout == "lm":
-            logp = log_softmax(top @ V + cb)                    # (T, B, K)
-            nll = -np.take_along_axis(logp, batch.y[..., None], -1)[..., 0]
-            return float((m * nll).sum() / B), dict(logp=logp)
-        count = np.maximum(m.sum(axis=0), 1.0)                  # (B,)
-        pooled = (m[..., None] * top).sum(axis=0) / count[:, None]   # (B, H)
-        logp = log_softmax(pooled @ V + cb)                     # (B, K)
-        loss = -np.take_along_axis(logp, batch.y[:, None], -1).sum() / B
-        return float(loss), dict(logp=logp, pooled=pooled, count=count)
-
-    def _readout_backward(self, params, top, batch: Batch, rc, grads) -> np.ndarray:
-        """dL/dtop (T, B, H); sets the gradients of V and c."""
-        m = batch.mask
-        B = m.shape[1]
-        V = params["V"]
-        dlogits = np.exp(rc["logp"])                            # softmax
-        if self.config.readout == "lm":
-            # dL/dlogits = m (softmax - onehot) / B
-            np.put_along_axis(dlogits, batch.y[..., None],
-                              np.take_along_axis(dlogits, batch.y[..., None], -1) - 1.0, -1)
-            dlogits *= m[..., None] / B                         # (T, B, K)
-            grads["V"] = self._outer(top, dlogits)
-            grads["c"] = dlogits.sum(axis=(0, 1))
-            return dlogits @ V.T                                # (T, B, H)
-        dlogits[np.arange(B), batch.y] -= 1.0
-        dlogits /= B                                            # (B, K)
-        grads["V"] = self._outer(rc["pooled"], dlogits)
-        grads["c"] = dlogits.sum(axis=0)
-        dpooled = dlogits @ V.T                                 # (B, H)
-        return m[..., None] * (dpooled / rc["count"][:, None])  # (T, B, H)
 
     # ------------------------------------------------------- whole sequences
     def forward(self, params, batch: Batch):
@@ -307,22 +207,10 @@ class GRU:
         loss, rc = self._readout(params, x, batch)
         return loss, dict(layers=layers, top=x, readout=rc)
 
-    def loss(self, params, batch: Batch) -> float:
-        return self.forward(params, batch)[0]
-
     @staticmethod
     def _previous_state(hs, t):
         """h_{t-1}, the state entering step t; ``hs[0]`` is the initial state h_{-1} = 0."""
         return hs[t]
-
-    def _window_start(self, t, steps):
-        """First step BPTT reaches from the readout's use of h_t (see gradcheck.truncation)."""
-        return self.truncation.window_start(t, steps)
-
-    @staticmethod
-    def _outer(x, d):
-        """sum over leading axes of outer products x_i (outer) d_i: (..., P), (..., Q) -> (P, Q)."""
-        return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
 
     def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch, record=None):
         """BPTT of every layer through steps t_hi down to t_lo; ``dtop`` is dL/dh_t of the
@@ -370,51 +258,3 @@ class GRU:
             if record is not None:
                 for t in range(t_lo, t_hi + 1):
                     np.add.at(record["steps"]["E"][t], batch.x[t], dabove[t])
-
-    def gradient(self, params, batch: Batch) -> dict[str, np.ndarray]:
-        """dL/dparams by hand-written BPTT (truncated as ``self.truncation`` says)."""
-        return self.loss_and_gradient(params, batch)[1]
-
-    def loss_and_gradient(self, params, batch: Batch):
-        """``(L, dL/dparams)`` by one forward pass and hand-written BPTT.
-
-        Truncation: ``full`` and ``tail k`` run one backward pass over steps
-        max(0, T - k) .. T - 1; ``window k`` runs one per readout use of h_t,
-        over steps max(0, t - k) .. t.
-        """
-        return self._backprop(params, batch, record=None)[:2]
-
-    def gradient_details(self, params, batch: Batch) -> dict:
-        """What the hand BPTT knows beyond the gradient, for localisation (full and tail).
-
-        Returns ``loss``, ``gradient``, ``step_contributions`` ``{name: (T, *shape)}``
-        (each step's share of the gradient of every per-step parameter: W, U, b,
-        bn, E; they sum to the gradient) and ``state_adjoints``, one ``(T, B, H)``
-        array per layer: dL/ds_t for the state s_t carried out of step t (into
-        step t + 1 and, on the top layer, into the readout at t).
-        """
-        if self.truncation.kind == "window":
-            raise ValueError("gradient details are defined for full and tail BPTT only")
-        T = batch.mask.shape[0]
-        per_step = [n for n in params if n not in ("V", "c")]
-        record = {"steps": {n: np.zeros((T,) + np.shape(params[n])) for n in per_step},
-                  "adjoints": {}}
-        loss, grads = self._backprop(params, batch, record=record)
-        adjoints = [record["adjoints"][l] for l in range(self.config.layers)]
-        return dict(loss=loss, gradient=grads, step_contributions=record["steps"],
-                    state_adjoints=adjoints)
-
-    def _backprop(self, params, batch, record):
-        T = batch.mask.shape[0]
-        loss, cache = self.forward(params, batch)
-        grads = {name: np.zeros_like(value, dtype=np.float64) for name, value in params.items()}
-        dtop = self._readout_backward(params, cache["top"], batch, cache["readout"], grads)
-        if self.truncation.kind == "window":
-            for t in range(T):
-                d = np.zeros_like(dtop)
-                d[t] = dtop[t]                                  # this step's use of h_t alone
-                self._backward_layers(params, cache, d, self._window_start(t, T), t, grads, batch)
-        else:
-            self._backward_layers(params, cache, dtop, self._window_start(T - 1, T), T - 1,
-                                  grads, batch, record)
-        return loss, grads
