@@ -122,6 +122,9 @@ def make_parser() -> argparse.ArgumentParser:
     variant = check.add_argument_group("variant")
     variant.add_argument("--reset", choices=("before", "after"), default=None,
                          help="reset gate before the recurrent matmul (Cho et al.) or after it (cuDNN, torch); default before")
+    variant.add_argument("--update", choices=("old", "new"), default=None,
+                         help="old: h' = (1-z) n + z h (torch, cuDNN, the seed blog); "
+                              "new: h' = z n + (1-z) h (the seed question); default old")
     variant.add_argument("--gate", choices=("sigmoid", "hard"), default=None,
                          help="gate activation: logistic sigmoid or clip(0.2a + 0.5, 0, 1); default sigmoid")
     variant.add_argument("--readout", choices=("lm", "mean"), default=None,
@@ -164,6 +167,35 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("result", metavar="RESULT.json", help="a saved 'gradcheck check --json' result")
     report.add_argument("-o", "--output", metavar="PATH", required=True, help="the HTML file to write")
 
+    compare = sub.add_parser(
+        "compare", help="compare a layer's forward states with the reference GRU's",
+        description="Run a layer of yours and the reference GRU on the same parameters and "
+                    "inputs, and report the first time step and element where their states "
+                    "differ, shape mismatches such as (B, H) against (T, B, H) included. This "
+                    "finds forward bugs that leave gradients self-consistent, which no gradient "
+                    "check can see. TARGET is a layer written for the Theano LSTM tutorial "
+                    "(file.py:name_layer beside param_init_name). Conventions not given are "
+                    "tried in turn; the one that matches longest is reported.",
+        epilog="examples:\n"
+               "  gradcheck compare cells/zoo/theano_question_gru.py:gru_layer\n"
+               "      the seed question's GRU: returns rval[0], the first step's state only\n"
+               "  gradcheck compare my_layers.py:gru_layer --update new --steps 8 --json\n\n"
+               "exit codes: 0 the states agree at every step; 1 they differ; 2 usage or input error\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("target", metavar="TARGET", help="path/to/file.py:layer_function")
+    compare.add_argument("--reference", choices=("gru",), default="gru", help="the reference cell (gru)")
+    compare.add_argument("--hidden", type=_positive_int, default=4, metavar="H",
+                         help="options['dim_proj']: input and hidden width (default 4)")
+    compare.add_argument("--steps", type=_positive_int, default=6, metavar="T", help="sequence length (default 6)")
+    compare.add_argument("--batch", type=_positive_int, default=3, metavar="B", help="batch size (default 3)")
+    compare.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random draw (default 0)")
+    compare.add_argument("--mask", choices=("none", "lengths", "random"), default="none",
+                         help="the mask given to both (default none)")
+    compare.add_argument("--reset", choices=("before", "after"), default=None, help="fix the reference's reset convention")
+    compare.add_argument("--update", choices=("old", "new"), default=None, help="fix the reference's update convention")
+    compare.add_argument("--gate", choices=("sigmoid", "hard"), default=None, help="fix the reference's gate activation")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("list", help="list the built-in cells and their broken variants",
                    description="List the built-in cells that 'gradcheck check' accepts, and the "
                                "deliberately broken variants that --bug selects.")
@@ -174,6 +206,7 @@ def make_parser() -> argparse.ArgumentParser:
 CONFIG_OPTIONS = {"input": "input_size", "hidden": "hidden_size", "layers": "layers",
                   "vocab": "vocab", "classes": "classes", "reset": "reset", "gate": "gate",
                   "readout": "readout", "embedding": "embedding", "truncate": "truncate",
+                  "update": "update",
                   "truncation": "truncation"}
 BUILTIN_ONLY = ("mask", "bug")
 
@@ -195,7 +228,7 @@ def _check_file_target(args):
     case = case_from_target(load_target(args.cell), name=name, steps=args.steps,
                             batch=args.batch, seed=args.seed)
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
-                             oracles=args.oracles, atol=args.atol, rtol=args.rtol,
+                             oracles=args.oracles or case.oracles, atol=args.atol, rtol=args.rtol,
                              seed=case.seed if case.seed is not None else args.seed,
                              cell_info={"target": args.cell, **case.info})
     result.command = shlex.join(["gradcheck", "check", args.cell, "--steps", str(args.steps),
@@ -232,6 +265,53 @@ def _run_check(args) -> int:
         from reports import write_report
         path = write_report(doc, args.html)
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+    return EXIT_PASS if result.passed else EXIT_MISMATCH
+
+
+def _run_compare(args) -> int:
+    import numpy as np
+
+    from gradcheck.conformance import compare_to_reference
+    from gradcheck.loader import UserCodeError
+    from gradcheck.masks import make_mask
+    from gradcheck.theano_layer import TheanoLayer, find_layer, load_layer_file
+
+    path, sep, name = args.target.rpartition(":")
+    if not sep or not path.endswith(".py") or not name:
+        raise UserCodeError(f"{args.target!r} is not of the form path/to/file.py:layer_function")
+    module = load_layer_file(path, seed=args.seed)
+    layer, init, stem = find_layer(module, name)
+    prefix = stem
+    model = TheanoLayer(layer, init, prefix, args.hidden, 2)
+    try:
+        params = model.init_params()
+    except Exception as exc:
+        raise UserCodeError(f"{init.__name__}(...) raised {type(exc).__name__}: {exc}") from None
+    layer_params = {k: v for k, v in params.items() if k not in ("U", "b")}
+    mask = make_mask(args.mask, np.random.default_rng(args.seed + 1), args.steps, args.batch)
+    fixed = {k: getattr(args, k) for k in ("reset", "update", "gate") if getattr(args, k)}
+    try:
+        result, config = compare_to_reference(
+            lambda x, m: model.states(params, x, m), layer_params, hidden=args.hidden,
+            steps=args.steps, batch=args.batch, seed=args.seed, mask=mask, prefix=prefix,
+            conventions=fixed)
+    except UserCodeError:
+        raise
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise UserCodeError(f"running {name} raised {type(exc).__name__}: {exc}") from None
+    convention = f"reset={config.reset}, update={config.update}, gate={config.gate}"
+    doc = {"verdict": result.verdict, "seed": args.seed, "target": args.target,
+           "reference": {"cell": args.reference, "reset": config.reset, "update": config.update,
+                         "gate": config.gate},
+           **{k: v for k, v in result.as_dict().items() if k != "verdict"}}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"compare {args.target} with the reference {args.reference} ({convention}); "
+              f"T={args.steps} B={args.batch} H={args.hidden} mask={args.mask}; seed={args.seed}")
+        print(f"{result.verdict}: {result.message}")
     return EXIT_PASS if result.passed else EXIT_MISMATCH
 
 
@@ -274,6 +354,8 @@ def main(argv=None) -> int:
             return _run_check(args)
         if args.command == "report":
             return _run_report(args)
+        if args.command == "compare":
+            return _run_compare(args)
         return _run_list(args)
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"gradcheck {args.command}: error: {exc}\n")

@@ -11,7 +11,8 @@ m_t the mask::
     z_t  = g(x_t W_z + h_{t-1} U_z + b_z)                    update gate
     n_t  = tanh(x_t W_h + b_h + (r_t * h_{t-1}) U_h)         reset="before"
     n_t  = tanh(x_t W_h + b_h + r_t * (h_{t-1} U_h + bn))    reset="after"
-    h'_t = (1 - z_t) * n_t + z_t * h_{t-1}
+    h'_t = (1 - z_t) * n_t + z_t * h_{t-1}                   update="old" (z keeps the old state)
+    h'_t = z_t * n_t + (1 - z_t) * h_{t-1}                   update="new" (z takes the new one)
     h_t  = m_t * h'_t + (1 - m_t) * h_{t-1}                  masked steps carry over
 
 with h_{-1} = 0 and x_t the layer below's h_t for l > 0.  Readouts of the top
@@ -38,9 +39,10 @@ from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
 from gradcheck.truncation import parse_truncation
 
-__all__ = ["GRUConfig", "GRU", "RESETS", "READOUTS"]
+__all__ = ["GRUConfig", "GRU", "RESETS", "UPDATES", "READOUTS"]
 
 RESETS = ("before", "after")
+UPDATES = ("old", "new")
 GATE_BLOCKS = ("r", "z", "h")
 
 
@@ -54,6 +56,8 @@ class GRUConfig:
     classes: K, the readout's number of classes.
     vocab: V, the vocabulary size when ``embedding`` is set.
     reset: "before" (Cho et al. 2014) or "after" (cuDNN, torch.nn.GRU).
+    update: "old": h' = (1 - z) n + z h (torch, cuDNN, the seed blog); "new":
+        h' = z n + (1 - z) h (the seed question's Theano GRU).
     gate: "sigmoid" or "hard" (clip(0.2 a + 0.5, 0, 1)).
     readout: "lm" (per-step softmax) or "mean" (masked mean pooling, then softmax).
     embedding: inputs are token ids looked up in an embedding ``E`` (V, D).
@@ -72,9 +76,11 @@ class GRUConfig:
     embedding: bool = False
     truncate: int = -1
     truncation: str = "window"
+    update: str = "old"
 
     def __post_init__(self):
-        validate_config(self, (("reset", RESETS), ("gate", tuple(GATES)), ("readout", READOUTS)))
+        validate_config(self, (("reset", RESETS), ("update", UPDATES), ("gate", tuple(GATES)),
+                               ("readout", READOUTS)))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +131,8 @@ class GRU(StackedCell):
         else:
             q = h @ U[:, 2 * H:] + params[f"bn{l}"]             # (B, H)
             n = np.tanh(xp_t[:, 2 * H:] + r * q)
-        h_new = (1.0 - z) * n + z * h
+        k = z if self.config.update == "old" else 1.0 - z       # the weight of h_{t-1}
+        h_new = (1.0 - k) * n + k * h
         mt = m_t[:, None]                                       # (B, 1)
         return mt * h_new + (1.0 - mt) * h, (a_rz, rz, n, q, mt)
 
@@ -139,10 +146,12 @@ class GRU(StackedCell):
         # h_t = m h'_t + (1 - m) h_{t-1}
         dh_new = mt * dh
         dh_prev = (1.0 - mt) * dh
-        # h'_t = (1 - z) n + z h_{t-1}
-        dn = dh_new * (1.0 - z)
-        dz = dh_new * (h - n)
-        dh_prev += dh_new * z
+        # h'_t = (1 - k) n + k h_{t-1},  k = z (update "old") or 1 - z (update "new")
+        k = z if self.config.update == "old" else 1.0 - z
+        dn = dh_new * (1.0 - k)
+        dk = dh_new * (h - n)
+        dz = dk if self.config.update == "old" else -dk
+        dh_prev += dh_new * k
         # n = tanh(a_h)
         da_h = dn * tanh_grad_from_output(n)                    # (B, H)
         if q is None:

@@ -104,7 +104,8 @@ class SymbolicGRU:
         c = self.config
         tr = self.truncation
         k = tr.k if tr.kind == "tail" else None      # window k is an input of the function
-        return (c.layers, c.reset, c.gate, c.readout, c.embedding, tr.kind, k, self.backend)
+        return (c.layers, c.reset, c.update, c.gate, c.readout, c.embedding, tr.kind, k,
+                self.backend)
 
     # ------------------------------------------------------------ evaluation
     def loss_and_gradient(self, params, batch: Batch) -> tuple[float, dict[str, np.ndarray]]:
@@ -162,7 +163,7 @@ class SymbolicGRU:
             rz = gate(xp_t[:, :2 * H] + T.dot(h, U[:, :2 * H]))           # (B, 2H) r | z
             r, z = rz[:, :H], rz[:, H:]
             n = T.tanh(xp_t[:, 2 * H:] + T.dot(r * h, U[:, 2 * H:]))     # (B, H)
-            return carry(m_t, (1.0 - z) * n + z * h, h)
+            return carry(m_t, update(z, n, h), h)
 
         def step_after(m_t, xp_t, h, U, bn):
             H = U.shape[0]
@@ -170,7 +171,12 @@ class SymbolicGRU:
             r, z = rz[:, :H], rz[:, H:]
             q = T.dot(h, U[:, 2 * H:]) + bn                               # (B, H)
             n = T.tanh(xp_t[:, 2 * H:] + r * q)                           # (B, H)
-            return carry(m_t, (1.0 - z) * n + z * h, h)
+            return carry(m_t, update(z, n, h), h)
+
+        def update(z, n, h):
+            # h' = (1 - z) n + z h (update "old"), or z n + (1 - z) h (update "new")
+            k = z if c.update == "old" else 1.0 - z
+            return (1.0 - k) * n + k * h
 
         def carry(m_t, h_new, h):
             mt = m_t.dimshuffle(0, "x")                                   # (B, 1)

@@ -123,7 +123,7 @@ class CheckResult:
             kinks = sum(c.kinks for c in self.comparisons)
             if kinks:
                 text += f"; {kinks} element comparisons sit on a kink and were not judged"
-            return text
+            return "; ".join([text] + self.notes)
         parts = []
         if not self.forward_ok:
             parts.append("the NumPy and symbolic forward passes disagree "
@@ -284,6 +284,14 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                  for s in specs if s.blocks})
     if "numeric" in oracles:
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
+    silent = [s.name for s in specs
+              if all(not np.any(grads[o][s.name]) for o in grads) and s.size]
+    if silent:
+        result.notes.append(
+            f"the gradient of {', '.join(silent)} is exactly zero in every oracle: "
+            f"{'it does' if len(silent) == 1 else 'they do'} not reach the loss here "
+            "(all steps masked, a disconnected parameter, or a forward bug such as a scan "
+            "output indexed with [0]; 'gradcheck compare' checks the forward pass)")
     if localise and {"analytic", "numeric"} <= set(oracles):
         result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
                                               seed=seed if seed is not None else 0)

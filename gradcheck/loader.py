@@ -6,7 +6,11 @@ NAME may be:
   :class:`gradcheck.Case`: the general form;
 - a :class:`gradcheck.Case` object;
 - a blog-style model class (instantiated with no arguments) or instance, with
-  ``forward_propagation(x)`` and ``bptt(x, y)``: see :func:`gradcheck.model_cell`.
+  ``forward_propagation(x)`` and ``bptt(x, y)``: see :func:`gradcheck.model_cell`;
+- a layer written for the Theano LSTM tutorial, ``<name>_layer(tparams,
+  state_below, options, prefix, mask)`` beside its ``param_init_<name>``: it has
+  no hand BPTT, so its numeric and autodiff gradients are compared (with the
+  tutorial's mean pooling and softmax on top); see :mod:`gradcheck.theano_layer`.
 
 Every problem is a :class:`UserCodeError` (a ValueError) with one line that
 says what is wrong, so the CLI can exit 2 without a traceback.
@@ -88,6 +92,9 @@ def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Ca
             "make_case(seed) function returning gradcheck.Case instead")
     if _is_model(obj):
         return model_cell(obj, steps=steps, seed=seed)
+    from gradcheck.theano_layer import is_layer_function
+    if is_layer_function(obj):
+        return layer_case(obj, name=name, steps=steps, batch=batch, seed=seed)
     if inspect.isfunction(obj):
         params = inspect.signature(obj).parameters
         kwargs = {k: v for k, v in (("seed", seed), ("steps", steps), ("batch", batch))
@@ -104,3 +111,32 @@ def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Ca
     raise UserCodeError(
         f"{name} is a {type(obj).__name__}: expected a make_case(seed) function, a "
         "gradcheck.Case, or a model class with forward_propagation and bptt")
+
+
+def layer_case(layer_fn, *, name: str, steps: int, batch: int, seed: int, dim: int = 4,
+               classes: int = 2, backend: str = "pytensor") -> Case:
+    """A :class:`Case` for a Theano-tutorial layer: numeric against autodiff."""
+    import numpy as np
+
+    from gradcheck.batch import Batch
+    from gradcheck.theano_layer import TheanoLayer, find_layer, tutorial_namespace
+
+    module = sys.modules.get(layer_fn.__module__)
+    namespace = layer_fn.__globals__
+    for key, value in tutorial_namespace(backend, seed).items():
+        namespace.setdefault(key, value)      # the tutorial's globals, where the file has none
+    layer, init, stem = find_layer(module, name) if module is not None else (layer_fn, None, name)
+    prefix = inspect.signature(layer).parameters.get("prefix")
+    prefix = prefix.default if prefix is not None and isinstance(prefix.default, str) else stem
+    model = TheanoLayer(layer, init, prefix, dim, classes, backend)
+    try:
+        params = model.init_params()
+    except Exception as exc:
+        raise UserCodeError(f"{init.__name__}(...) raised {type(exc).__name__}: {exc}") from None
+    model.bind(params)
+    rng = np.random.default_rng(seed)
+    data = Batch(rng.normal(size=(steps, batch, dim)), rng.integers(0, classes, size=batch),
+                 np.ones((steps, batch)))
+    return Case(model, params, data, symbolic=model, seed=seed, oracles=("numeric", "autodiff"),
+                info={"name": name, "kind": "theano tutorial layer", "steps": steps,
+                      "batch": batch, "dim_proj": dim, "classes": classes})

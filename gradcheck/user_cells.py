@@ -49,6 +49,7 @@ class Case:
     symbolic: the autodiff oracle, with ``loss`` and ``gradient`` like the cell's, or None.
     seed: the seed the case was drawn with, if any.
     info: a description of the cell for the result (name, sizes).
+    oracles: the oracles to compare by default (None: all the case has).
     """
 
     cell: object
@@ -57,6 +58,7 @@ class Case:
     symbolic: object = None
     seed: int | None = None
     info: dict = field(default_factory=dict)
+    oracles: tuple | None = None
 
 
 def _specs_from_params(params, blocks=None) -> list[ParamSpec]:

@@ -67,3 +67,16 @@ def test_bad_batch_is_refused():
     del params["U0"]
     with pytest.raises(ValueError, match="missing U0"):
         cell.check_inputs(params, data)
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_update_new_convention_matches_numeric(reset, layers):
+    cell = GRU(GRUConfig(update="new", reset=reset, layers=layers, readout="mean"))
+    mask = np.ones((5, 3))
+    mask[2:, 0] = 0
+    params, data = make_case(cell, seed=4, mask=mask)
+    assert check_gradients(cell, params, data, oracles="analytic,numeric").passed
+    # and it is a different cell from update="old" on the same parameters
+    old = GRU(GRUConfig(update="old", reset=reset, layers=layers, readout="mean"))
+    assert abs(old.loss(params, data) - cell.loss(params, data)) > 1e-6

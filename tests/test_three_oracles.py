@@ -39,3 +39,11 @@ def test_broken_analytic_is_named_the_odd_one_out(bug):
     assert result.summary().startswith("fail: analytic is the odd one out")
     # numeric and autodiff agree everywhere: the bug is the hand BPTT's alone
     assert all(c.passed for c in result.comparisons if c.oracles == ("numeric", "autodiff"))
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+def test_update_new_convention_three_oracles(reset):
+    result = check_builtin("gru", steps=4, batch=2, seed=3, update="new", reset=reset, layers=2,
+                           mask="random")
+    assert result.passed, result.summary()
+    assert result.cell["update"] == "new"
