@@ -57,7 +57,7 @@ CELLS = {
         config_class=GRUConfig,
         numpy_class=GRU,
         symbolic_path="cells.gru_symbolic:SymbolicGRU",
-        broken_path="cells.broken:BROKEN_GRUS",
+        broken_path="cells.zoo.gru_bugs:BROKEN_GRUS",
     ),
     "lstm": CellEntry(
         name="lstm",

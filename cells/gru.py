@@ -156,25 +156,32 @@ class GRU(StackedCell):
         da_h = dn * tanh_grad_from_output(n)                    # (B, H)
         if q is None:
             # a_h = x W_h + b_h + (r * h) U_h
-            drh = da_h @ U[:, 2 * H:].T
-            dr = drh * h
-            dh_prev += drh * r
+            dh_prev += (da_h @ U[:, 2 * H:].T) * r
             dU[:, 2 * H:] += self._outer(r * h, da_h)
         else:
             # a_h = x W_h + b_h + r * q,  q = h U_h + bn
-            dr = da_h * q
             dq = da_h * r
             dU[:, 2 * H:] += self._outer(h, dq)
             grads[f"bn{l}"] += dq.sum(axis=0)
             dh_prev += dq @ U[:, 2 * H:].T
         # r = g(a_r), z = g(a_z);  a_r = x W_r + h U_r + b_r, likewise a_z
         gp = self.gate_grad(a_rz, rz)                           # (B, 2H)
-        da_r = dr * gp[:, :H]
+        da_r = self._reset_gate_delta(da_h, h, q, U, gp[:, :H])
         da_z = dz * gp[:, H:]
         dU[:, :H] += self._outer(h, da_r)
         dU[:, H:2 * H] += self._outer(h, da_z)
         dh_prev += da_r @ U[:, :H].T + da_z @ U[:, H:2 * H].T
         return dh_prev, np.concatenate([da_r, da_z, da_h], axis=1)   # (B, H), (B, 3H)
+
+    def _reset_gate_delta(self, da_h, h, q, U, slope_r):
+        """dL/da_r: through n's pre-activation a_h, times the reset gate's slope.
+
+        reset "before": a_h contains (r * h) U_h, so dL/dr = (da_h U_h^T) * h;
+        reset "after":  a_h contains r * q,       so dL/dr = da_h * q.
+        """
+        H = self.config.hidden_size
+        dr = (da_h @ U[:, 2 * H:].T) * h if q is None else da_h * q
+        return dr * slope_r
 
     # ----------------------------------------------------- the step interface
     def initial_state(self, batch_size: int) -> list[np.ndarray]:
@@ -221,6 +228,16 @@ class GRU(StackedCell):
         """h_{t-1}, the state entering step t; ``hs[0]`` is the initial state h_{-1} = 0."""
         return hs[t]
 
+    @staticmethod
+    def _adjoint_for_layer_below(dx, dtop):
+        """What layer l passes down as dL/dh_t of layer l - 1: its own input adjoint dx."""
+        return dx
+
+    @staticmethod
+    def _embedding_rows(batch, span, t_loss):
+        """The embedding rows that receive steps ``span``'s input adjoints: their own words."""
+        return batch.x[span]
+
     def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch, record=None):
         """BPTT of every layer through steps t_hi down to t_lo; ``dtop`` is dL/dh_t of the
         top layer.  The adjoint of the state entering step t_lo is dropped (that state
@@ -259,11 +276,13 @@ class GRU(StackedCell):
                 # the carried state s_t feeds step t + 1 (and, on top, the readout at t);
                 # a lower layer's h_t also feeds the layer above at t, which s_t excludes
                 record["adjoints"][l] = dh_all - (dabove if l < top else 0.0)
+            dx = dxp[span] @ W.T                                # dL/dx_t of this layer
             dabove = np.zeros(lc["x"].shape)
-            dabove[span] = dxp[span] @ W.T                      # dL/dx_t of this layer
+            dabove[span] = self._adjoint_for_layer_below(dx, dtop[span]) if l > 0 else dx
         if self.config.embedding:
             # x_t = E[ids_t]: scatter-add each step's input adjoint to its token's row
-            np.add.at(grads["E"], batch.x[span], dabove[span])
+            rows = self._embedding_rows(batch, span, t_hi)
+            np.add.at(grads["E"], rows, dabove[span])
             if record is not None:
                 for t in range(t_lo, t_hi + 1):
-                    np.add.at(record["steps"]["E"][t], batch.x[t], dabove[t])
+                    np.add.at(record["steps"]["E"][t], rows[t - t_lo], dabove[t])

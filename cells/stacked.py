@@ -69,11 +69,20 @@ class StackedCell:
         raise NotImplementedError
 
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Random float64 parameters: N(0, 1/fan_in) weights, N(0, 0.25) biases."""
+        """Random float64 parameters: N(0, 1/fan_in) weights, N(0, 0.25) biases.
+
+        With hard-sigmoid gates the layer biases are N(0, 4) instead, so that about a
+        quarter of the gates saturate (|a| > 2.5) and the derivative's zero branch is
+        exercised too: a check that never saturates a hard gate cannot tell a slope
+        of 0.2 everywhere from the right one.
+        """
+        hard = getattr(self.config, "gate", None) == "hard"
         params = {}
         for spec in self.param_specs():
             if len(spec.shape) == 2 and spec.name != "E":
                 scale = 1.0 / np.sqrt(spec.shape[0])
+            elif hard and spec.blocks is not None and len(spec.shape) == 1:
+                scale = 2.0
             else:
                 scale = 0.5
             params[spec.name] = rng.normal(0.0, scale, size=spec.shape)

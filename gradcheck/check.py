@@ -77,13 +77,14 @@ class CheckResult:
     notes: list[str] = field(default_factory=list)
     command: str | None = None
     localisation: "Localisation | None" = None
+    defects: list[str] = field(default_factory=list)
     gradients: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     step_curve: dict | None = None
     blocks: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return self.forward_ok and all(c.passed for c in self.comparisons)
+        return self.forward_ok and not self.defects and all(c.passed for c in self.comparisons)
 
     @property
     def verdict(self) -> str:
@@ -124,7 +125,7 @@ class CheckResult:
             if kinks:
                 text += f"; {kinks} element comparisons sit on a kink and were not judged"
             return "; ".join([text] + self.notes)
-        parts = []
+        parts = list(self.defects)
         if not self.forward_ok:
             parts.append("the NumPy and symbolic forward passes disagree "
                          f"(loss {self.losses.get('numpy')!r} against {self.losses.get('symbolic')!r}): "
@@ -162,6 +163,7 @@ class CheckResult:
             "summary": self.summary(),
             "odd_one_out": self.odd_one_out(),
             "forward_agrees": self.forward_ok,
+            "defects": self.defects,
             "losses": self.losses,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
@@ -198,6 +200,32 @@ def _loss_and_gradient(cell, params, batch):
         loss, grads = cell.loss_and_gradient(params, batch)
         return float(loss), grads
     return float(cell.loss(params, batch)), cell.gradient(params, batch)
+
+
+# the same inputs must give the same loss; this only forgives reassociation
+DETERMINISM_TOLERANCE = Tolerance(atol=0.0, rtol=1e-13)
+
+
+def _arrays_of(batch) -> dict:
+    """Copies of the arrays a batch holds (its attributes, or its items)."""
+    items = vars(batch).items() if hasattr(batch, "__dict__") else (
+        batch.items() if isinstance(batch, dict) else [])
+    return {k: np.array(v, copy=True) for k, v in items if isinstance(v, np.ndarray)}
+
+
+def _mutations(params, saved_params, batch, saved_batch, who) -> list[str]:
+    """Say which inputs ``who`` changed in place, and put the parameters back."""
+    found = []
+    for name, before in saved_params.items():
+        if not np.array_equal(params[name], before, equal_nan=True):
+            found.append(f"{who} changed parameter {name} in place")
+            params[name][...] = before
+    now = _arrays_of(batch)
+    for name, before in saved_batch.items():
+        if name in now and not np.array_equal(now[name], before, equal_nan=True):
+            found.append(f"{who} changed batch.{name} in place")
+            getattr(batch, name)[...] = before
+    return found
 
 
 class CellError(ValueError):
@@ -245,10 +273,21 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     params64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
 
     grads, losses, timings, kinks = {}, {}, {}, {}
+    defects = []
+    saved_params = {k: np.array(v, copy=True) for k, v in params64.items()}
+    saved_batch = _arrays_of(batch)
+    first_loss, _ = _timed("numeric", lambda: float(cell.loss(params64, batch)))
     if "analytic" in oracles:
         (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
             "analytic", lambda: _loss_and_gradient(cell, params64, batch))
+        defects += _mutations(params64, saved_params, batch, saved_batch, "the analytic oracle")
         validate_params(specs, grads["analytic"], what="analytic gradient")
+    again, _ = _timed("numeric", lambda: float(cell.loss(params64, batch)))
+    if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
+        defects.append(
+            f"the cell's loss is not a function of its inputs: loss() gave {first_loss!r}, then "
+            f"{again!r} for the same parameters and data (does the backward pass write into a "
+            "cached forward output, or does the loss draw random numbers?)")
     if "numeric" in oracles:
         truncation = getattr(cell, "truncation", FULL)
         if truncation.kind == "full":
@@ -265,6 +304,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     if "autodiff" in oracles:
         (losses["symbolic"], grads["autodiff"]), timings["autodiff"] = _timed(
             "autodiff", lambda: _loss_and_gradient(symbolic, params64, batch))
+        defects += _mutations(params64, saved_params, batch, saved_batch, "the autodiff oracle")
         validate_params(specs, grads["autodiff"], what="autodiff gradient")
 
     forward_ok = True
@@ -279,7 +319,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                                  grads[b][spec.name], tolerances[spec.name], k))
     result = CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
                          comparisons=comparisons, losses=losses, timings=timings,
-                         forward_ok=forward_ok, gradients=grads,
+                         forward_ok=forward_ok, gradients=grads, defects=defects,
                          blocks={s.name: {"names": list(s.blocks), "axis": s.block_axis}
                                  for s in specs if s.blocks})
     if "numeric" in oracles:

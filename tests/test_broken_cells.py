@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cells.broken import (ElementwiseProductGRU, ResetGateMissingDerivativeGRU,
+from cells.zoo.gru_bugs import (ElementwiseProductGRU, ResetGateMissingDerivativeGRU,
                           WrappedTimeIndexGRU)
 from cells.gru import GRUConfig
 from conftest import make_case

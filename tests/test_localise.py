@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cells.broken import BROKEN_GRUS
+from cells.zoo.gru_bugs import BROKEN_GRUS
 from cells.gru import GRU, GRUConfig
 from gradcheck import check_gradients
 from gradcheck.localise import format_steps, localise

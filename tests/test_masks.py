@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cells.broken import MaskIgnoredInBackwardGRU
+from cells.zoo.gru_bugs import MaskIgnoredInBackwardGRU
 from cells.gru import GRU, GRUConfig
 from gradcheck import Batch, check_gradients
 from gradcheck.batch import validate_mask

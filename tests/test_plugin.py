@@ -5,7 +5,7 @@ import pytest
 CASE = '''
 import numpy as np
 import pytest
-from cells.broken import BROKEN_GRUS
+from cells.zoo.gru_bugs import BROKEN_GRUS
 from cells.gru import GRU, GRUConfig
 
 

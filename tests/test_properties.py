@@ -5,7 +5,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cells import backend
-from cells.broken import BROKEN_GRUS
+from cells.zoo.gru_bugs import BROKEN_GRUS
 from cells.gru import GRU
 from gradcheck import check_gradients, resolve_tolerance
 from gradcheck import strategies as gst

@@ -23,7 +23,7 @@ def test_all_pairs_agree_in_every_variant(config):
 def test_broken_analytic_is_named_the_odd_one_out(bug):
     import numpy as np
 
-    from cells.broken import BROKEN_GRUS
+    from cells.zoo.gru_bugs import BROKEN_GRUS
     from cells.gru import GRUConfig
     from cells.gru_symbolic import SymbolicGRU
     from gradcheck import check_gradients

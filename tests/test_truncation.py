@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cells.broken import OffByOneWindowGRU
+from cells.zoo.gru_bugs import OffByOneWindowGRU
 from cells.gru import GRU, GRUConfig
 from gradcheck import check_gradients
 from gradcheck.masks import make_mask

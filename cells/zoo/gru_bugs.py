@@ -1,0 +1,229 @@
+"""Deliberately BROKEN GRUs: each has one real derivation bug in its backward pass.
+
+They are test material, never reference cells: every check in the toolkit must
+be shown to fail on them.  Each class changes one small piece of the
+reference GRU's hand BPTT and keeps its forward pass, so the numeric and
+autodiff oracles still see the true gradient.
+
+The classes marked "blog" put back a bug of the seed blog's NumPy BPTT
+(``003_*.txt``), translated from its column-vector notation (``W.dot(s)``)
+into the reference GRU's row-vector one (``h @ U``).  ``SEED_BLOG_BUGS`` lists
+them in the blog's order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cells.activations import hard_sigmoid_grad
+from cells.gru import GRU
+
+__all__ = ["BROKEN_GRUS", "SEED_BLOG_BUGS", "ResetGateMissingDerivativeGRU",
+           "WrappedTimeIndexGRU", "ElementwiseProductGRU", "OffByOneWindowGRU",
+           "MaskIgnoredInBackwardGRU", "BlogResetDeltaGRU", "BlogOutputDeltaEveryLayerGRU",
+           "BlogHardSigmoidSlopeGRU", "BlogEmbeddingWordGRU", "BlogEmptyLoopGRU",
+           "BlogOutputMutatedGRU"]
+
+
+class ResetGateMissingDerivativeGRU(GRU):
+    """Wrong gate derivative: the reset-gate delta lacks sigma'(a_r).
+
+    Correct: da_r = dr * sigma'(a_r).  Broken: da_r = dr.
+    Wrong parameters: block r of every W, U and b; everything below layer L-1.
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        H, true_grad = self.config.hidden_size, self.gate_grad
+
+        def gate_grad(a, g):
+            d = true_grad(a, g)
+            d[..., :H] = 1.0            # the bug: the reset gate's slope is dropped
+            return d
+        self.gate_grad = gate_grad
+
+
+class WrappedTimeIndexGRU(GRU):
+    """Wrong time index (blog): the state before step t is read as s[t-1], which at t = 0
+    wraps to the last step's state instead of the zero initial state.
+
+    Wrong parameters: U (every block) at step 0.
+    """
+
+    @staticmethod
+    def _previous_state(hs, t):
+        states = hs[1:]                 # states[t] = h_t
+        return states[t - 1]            # the bug: t = 0 gives states[-1] = h_{T-1}
+
+
+class ElementwiseProductGRU(GRU):
+    """Wrong product (blog): a square weight gradient accumulated with an elementwise
+    product where an outer product belongs (``dU += delta * s`` in the blog).
+
+    Wrong parameters: every H x H block of U (and any square W).
+    """
+
+    @staticmethod
+    def _outer(x, d):
+        x2 = x.reshape(-1, x.shape[-1])
+        d2 = d.reshape(-1, d.shape[-1])
+        if x2.shape[1] != d2.shape[1]:
+            return x2.T @ d2
+        # the bug: sum_i x_i * d_i, broadcast over the rows, instead of sum_i x_i (outer) d_i
+        return np.broadcast_to((x2 * d2).sum(axis=0), (x2.shape[1], d2.shape[1])).copy()
+
+
+class OffByOneWindowGRU(GRU):
+    """Wrong truncation window: BPTT(k) written as ``range(t - k + 1, t + 1)``, so the
+    loss at step t reaches back over k steps instead of k + 1 (max(0, t - k) .. t).
+
+    Wrong parameters: every recurrent parameter, when truncate=k < T - 1, truncation=window.
+    """
+
+    def _window_start(self, t, steps):
+        if self.truncation.kind != "window":
+            return super()._window_start(t, steps)
+        return max(0, t - self.truncation.k + 1)     # the bug: one step short
+
+
+class MaskIgnoredInBackwardGRU(GRU):
+    """Mask forgotten in the backward pass: every step is back-propagated as if
+    unmasked, although the forward pass carried the state over.
+
+    Wrong parameters: every recurrent parameter, whenever the mask has zeros.
+    """
+
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads):
+        a_rz, rz, n, q, mt = step_cache
+        unmasked = (a_rz, rz, n, q, np.ones_like(mt))   # the bug: m_t taken as 1
+        return super()._layer_step_backward(l, params, dh, h, unmasked, grads)
+
+
+class BlogResetDeltaGRU(GRU):
+    """Reset-gate delta (blog): no sigma'(a_r), the reset gate's matrix where the
+    candidate's belongs, and the product order swapped.
+
+    The blog: ``delta_hr = W_r^T (delta_h * s_{t-1})``.  Correct:
+    ``(W_h^T delta_h) * s_{t-1} * sigma'(a_r)``; here ``(da_h * h) U_r^T`` for
+    ``(da_h U_h^T) * h * g'(a_r)``.  Wrong parameters: block r; reset="before".
+    """
+
+    def _reset_gate_delta(self, da_h, h, q, U, slope_r):
+        H = self.config.hidden_size
+        if q is not None:
+            return super()._reset_gate_delta(da_h, h, q, U, slope_r)
+        return (da_h * h) @ U[:, :H].T              # the bug: wrong matrix, order, no slope
+
+
+class BlogOutputDeltaEveryLayerGRU(GRU):
+    """Output delta re-injected into every layer (blog): each lower layer receives
+    the readout's V^T delta_o instead of the input delta of the layer above.
+
+    Wrong parameters: every parameter below the top layer (layers >= 2).
+    """
+
+    @staticmethod
+    def _adjoint_for_layer_below(dx, dtop):
+        return dtop                                 # the bug: V^T delta_o again
+
+
+class BlogHardSigmoidSlopeGRU(GRU):
+    """Hard-sigmoid slope from the gate's output (blog): the pre-activation formula
+    0.2 if -2.5 < a < 2.5 applied to g in [0, 1] is 0.2 everywhere, saturated
+    gates included.  Wrong parameters: blocks r and z, where gates saturate;
+    gate="hard".
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.gate_grad = lambda a, g: hard_sigmoid_grad(g, g)   # the bug: g for a
+
+
+class BlogEmbeddingWordGRU(GRU):
+    """Embedding gradient to the wrong word (blog): the input delta of every
+    back-propagated step is added to the row of the word at the loss step
+    (``dLdE[:, word[t]]``) instead of the word at that step.  Wrong parameter: E.
+    """
+
+    @staticmethod
+    def _embedding_rows(batch, span, t_loss):
+        rows = batch.x[span]
+        return np.broadcast_to(batch.x[t_loss], rows.shape)   # the bug: word[t]
+
+
+class BlogEmptyLoopGRU(GRU):
+    """Empty truncation loop (blog): full BPTT written as bptt_truncate = -1 in
+    ``range(max(0, t - k), t + 1)``, which is empty, so every recurrent
+    gradient is zero.  Wrong parameters: everything but V and c.
+    """
+
+    def _window_start(self, t, steps):
+        if self.truncation.kind == "full":
+            return max(0, t - (-1))                 # the bug: k = -1 empties the loop
+        return super()._window_start(t, steps)
+
+
+class BlogOutputMutatedGRU(GRU):
+    """Forward output mutated by the backward pass (blog: ``delta_o = o``, then
+    ``delta_o[t, y] -= 1``), here with a forward cache that keeps the softmax:
+    after one gradient the cached output is delta_o, and the loss read from it
+    is wrong.  The harness reports the cell as not a function of its inputs.
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self._cached = None
+
+    @staticmethod
+    def _key(params, batch):
+        return (tuple((k, v.tobytes()) for k, v in sorted(params.items())),
+                batch.x.tobytes(), batch.y.tobytes(), batch.mask.tobytes())
+
+    def forward(self, params, batch):
+        key = self._key(params, batch)
+        if self._cached is not None and self._cached[0] == key:
+            cache = self._cached[1]                 # reuse the forward pass: a cache
+        else:
+            _, cache = super().forward(params, batch)
+            cache["readout"]["probs"] = np.exp(cache["readout"]["logp"])
+            self._cached = (key, cache)
+        probs = cache["readout"]["probs"]
+        m, B = batch.mask, batch.mask.shape[1]
+        if self.config.readout == "lm":
+            picked = np.take_along_axis(probs, batch.y[..., None], -1)[..., 0]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                loss = float(-(m * np.log(picked)).sum() / B)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                loss = float(-np.log(probs[np.arange(B), batch.y]).sum() / B)
+        return loss, cache
+
+    def _readout_backward(self, params, top, batch, rc, grads):
+        dtop = super()._readout_backward(params, top, batch, rc, grads)
+        delta_o = rc["probs"]                       # the bug: delta_o = o, no copy ...
+        if self.config.readout == "lm":             # ... so this lands in the forward output
+            np.put_along_axis(delta_o, batch.y[..., None],
+                              np.take_along_axis(delta_o, batch.y[..., None], -1) - 1.0, -1)
+        else:
+            delta_o[np.arange(batch.mask.shape[1]), batch.y] -= 1.0
+        return dtop
+
+
+BROKEN_GRUS = {
+    "reset-gate-derivative": ResetGateMissingDerivativeGRU,
+    "wrapped-time-index": WrappedTimeIndexGRU,
+    "elementwise-product": ElementwiseProductGRU,
+    "off-by-one-window": OffByOneWindowGRU,
+    "mask-ignored-in-backward": MaskIgnoredInBackwardGRU,
+    "blog-reset-delta": BlogResetDeltaGRU,
+    "blog-output-delta-every-layer": BlogOutputDeltaEveryLayerGRU,
+    "blog-hard-sigmoid-slope": BlogHardSigmoidSlopeGRU,
+    "blog-embedding-word": BlogEmbeddingWordGRU,
+    "blog-empty-loop": BlogEmptyLoopGRU,
+    "blog-output-mutated": BlogOutputMutatedGRU,
+}
+
+# the seed blog's bugs, in the order its text meets them
+SEED_BLOG_BUGS = ("wrapped-time-index", "blog-reset-delta", "elementwise-product",
+                  "blog-output-delta-every-layer", "blog-hard-sigmoid-slope",
+                  "blog-embedding-word", "blog-empty-loop", "blog-output-mutated")
