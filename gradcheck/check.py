@@ -332,6 +332,15 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             f"{'it does' if len(silent) == 1 else 'they do'} not reach the loss here "
             "(all steps masked, a disconnected parameter, or a forward bug such as a scan "
             "output indexed with [0]; 'gradcheck compare' checks the forward pass)")
+    if "analytic" in grads:
+        others = [o for o in grads if o != "analytic"]
+        dead = [s.name for s in specs if s.size and not np.any(grads["analytic"][s.name])
+                and any(np.any(grads[o][s.name]) for o in others)]
+        if dead:
+            result.notes.append(
+                f"the analytic gradient of {', '.join(dead)} is exactly zero where "
+                f"{' and '.join(others)} {'is' if len(others) == 1 else 'are'} not: a backward "
+                "loop that never runs (an empty range?), or a gradient never accumulated")
     if localise and {"analytic", "numeric"} <= set(oracles):
         result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
                                               seed=seed if seed is not None else 0)
