@@ -78,16 +78,20 @@ class CheckResult:
     command: str | None = None
     localisation: "Localisation | None" = None
     defects: list[str] = field(default_factory=list)
+    interrupted: bool = False
     gradients: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     step_curve: dict | None = None
     blocks: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return self.forward_ok and not self.defects and all(c.passed for c in self.comparisons)
+        return (self.forward_ok and not self.defects and not self.interrupted
+                and all(c.passed for c in self.comparisons))
 
     @property
     def verdict(self) -> str:
+        if self.interrupted:
+            return "interrupted"
         return "pass" if self.passed else "fail"
 
     def parameters(self) -> list[str]:
@@ -114,6 +118,11 @@ class CheckResult:
 
     def summary(self) -> str:
         """One or two sentences: the verdict and, on failure, where."""
+        if self.interrupted:
+            bad = [c for c in self.comparisons if not c.passed]
+            head = "interrupted: " + (f"so far a mismatch on {', '.join(dict.fromkeys(c.parameter for c in bad))}"
+                                      if bad else "no mismatch so far")
+            return "; ".join([head] + self.notes)
         n_elems = sum(int(np.prod(c.shape)) for c in self.comparisons
                       if c.oracles == self.comparisons[0].oracles) if self.comparisons else 0
         pairs = len(list(combinations(self.oracles, 2)))
@@ -198,8 +207,8 @@ def _loss_and_gradient(cell, params, batch):
     """One call where the cell offers ``loss_and_gradient``, else two."""
     if hasattr(cell, "loss_and_gradient"):
         loss, grads = cell.loss_and_gradient(params, batch)
-        return float(loss), grads
-    return float(cell.loss(params, batch)), cell.gradient(params, batch)
+        return _scalar_loss(loss, "loss_and_gradient()"), grads
+    return _scalar_loss(cell.loss(params, batch), "loss()"), cell.gradient(params, batch)
 
 
 # the same inputs must give the same loss; this only forgives reassociation
@@ -245,21 +254,58 @@ def _timed(oracle, fn):
     return value, time.perf_counter() - start
 
 
+def _scalar_loss(value, who: str) -> float:
+    """The loss as a float; a CellError when it is not one real number."""
+    arr = np.asarray(value)
+    if arr.size != 1 or not (np.issubdtype(arr.dtype, np.floating)
+                             or np.issubdtype(arr.dtype, np.integer)):
+        raise CellError(f"{who} returned {arr.dtype} of shape {arr.shape}, not a scalar loss")
+    return float(arr.reshape(()))
+
+
+def _validate_inputs(cell, specs, params, batch) -> None:
+    """ValueError naming the first bad parameter or batch array (before any oracle runs)."""
+    validate_params(specs, params)
+    for name, value in params.items():
+        bad = ~np.isfinite(np.asarray(value))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"parameter {name} holds {np.asarray(value)[where]} at {list(where)}: "
+                             "gradients are checked at finite points only")
+    arrays = _arrays_of(batch)
+    for name, value in arrays.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise ValueError(f"batch.{name} holds NaN or Inf")
+    mask = arrays.get("mask")
+    if mask is not None and mask.ndim >= 1 and mask.shape[0] == 0:
+        raise ValueError("the batch has no time steps (T = 0): there is nothing to check")
+    if hasattr(cell, "check_inputs"):
+        cell.check_inputs(params, batch)
+
+
 def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=None,
-                    rtol=None, seed=None, cell_info=None, localise: bool = True) -> CheckResult:
+                    rtol=None, seed=None, cell_info=None, localise: bool = True,
+                    max_elements: int | None = None) -> CheckResult:
     """Compare the gradients of ``cell`` at ``params`` on ``batch`` across oracles.
 
     cell: has ``param_specs()``, ``loss(params, batch)`` and ``gradient(params, batch)``.
-    params: dict of named float arrays, matching ``cell.param_specs()``.
+    params: dict of named float arrays, matching ``cell.param_specs()``; the analytic
+        oracle sees them in their own dtype, the numeric and autodiff ones in float64.
     batch: the inputs, targets and mask passed to the cell.
     symbolic: the autodiff oracle (``loss`` and ``gradient`` with the same signature).
     oracles: names to compare (at least two); all available ones by default.
     atol: absolute tolerance, a scalar or ``{dtype: value}``; per-dtype default.
     rtol: relative tolerance, a scalar or ``{dtype: value}``; per-dtype default.
-    seed: the seed that produced params and batch, recorded in the result.
+    seed: the seed that produced params and batch, recorded in the result; it also
+        seeds the sampled elements and localisation directions.
     cell_info: the cell's configuration, recorded in the result.
     localise: with analytic and numeric oracles, also localise errors to gate block and
         time step (see :mod:`gradcheck.localise`), when the cell exposes what that needs.
+    max_elements: differentiate at most this many elements of each parameter numerically
+        (a seeded sample; the others are compared between analytic and autodiff only).
+
+    A KeyboardInterrupt while the oracles run returns the partial result
+    (``interrupted`` set) instead of raising.
     """
     if oracles is None:
         oracles = ORACLES if symbolic is not None else ("analytic", "numeric")
@@ -267,45 +313,49 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     if "autodiff" in oracles and symbolic is None:
         raise ValueError("the autodiff oracle needs a symbolic cell (symbolic=...)")
     specs = cell.param_specs()
-    validate_params(specs, params)
+    _validate_inputs(cell, specs, params, batch)
     tolerances = {s.name: resolve_tolerance(np.asarray(params[s.name]).dtype, atol, rtol)
                   for s in specs}
-    params64 = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    dtypes = {s.name: str(np.asarray(params[s.name]).dtype) for s in specs}
+    params64 = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    native = {k: np.array(v) for k, v in params.items()}
+    rng = np.random.default_rng(seed if seed is not None else 0)
+    sampled = {s.name: _sample(s, max_elements, rng) for s in specs}
 
-    grads, losses, timings, kinks = {}, {}, {}, {}
-    defects = []
+    grads, losses, timings, kinks, defects, numeric_done = {}, {}, {}, {}, [], {}
+    interrupted = False
     saved_params = {k: np.array(v, copy=True) for k, v in params64.items()}
     saved_batch = _arrays_of(batch)
-    first_loss, _ = _timed("numeric", lambda: float(cell.loss(params64, batch)))
-    if "analytic" in oracles:
-        (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
-            "analytic", lambda: _loss_and_gradient(cell, params64, batch))
-        defects += _mutations(params64, saved_params, batch, saved_batch, "the analytic oracle")
-        validate_params(specs, grads["analytic"], what="analytic gradient")
-    again, _ = _timed("numeric", lambda: float(cell.loss(params64, batch)))
-    if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
-        defects.append(
-            f"the cell's loss is not a function of its inputs: loss() gave {first_loss!r}, then "
-            f"{again!r} for the same parameters and data (does the backward pass write into a "
-            "cached forward output, or does the loss draw random numbers?)")
-    if "numeric" in oracles:
-        truncation = getattr(cell, "truncation", FULL)
-        if truncation.kind == "full":
-            def numeric_loss(p):
-                return cell.loss(p, batch)
-        else:   # the surrogate whose exact gradient is the truncated one
-            numeric_loss = surrogate_loss(cell, params64, batch, truncation)
-        numeric, timings["numeric"] = _timed(
-            "numeric", lambda: central_differences(numeric_loss, params64))
-        grads["numeric"] = {k: v.value for k, v in numeric.items()}
-        kinks = {k: v.kinks for k, v in numeric.items()}
-        if "numpy" not in losses:
-            losses["numpy"], _ = _timed("numeric", lambda: float(cell.loss(params64, batch)))
-    if "autodiff" in oracles:
-        (losses["symbolic"], grads["autodiff"]), timings["autodiff"] = _timed(
-            "autodiff", lambda: _loss_and_gradient(symbolic, params64, batch))
-        defects += _mutations(params64, saved_params, batch, saved_batch, "the autodiff oracle")
-        validate_params(specs, grads["autodiff"], what="autodiff gradient")
+    numeric_loss = _numeric_loss(cell, params64, batch)
+    try:
+        first_loss, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch),
+                                                               "loss()"))
+        if "analytic" in oracles:
+            (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
+                "analytic", lambda: _loss_and_gradient(cell, native, batch))
+            defects += _mutations(native, saved_params, batch, saved_batch, "the analytic oracle")
+            validate_params(specs, grads["analytic"], what="analytic gradient")
+        again, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch), "loss()"))
+        if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
+            defects.append(
+                f"the cell's loss is not a function of its inputs: loss() gave {first_loss!r}, "
+                f"then {again!r} for the same parameters and data (does the backward pass write "
+                "into a cached forward output, or does the loss draw random numbers?)")
+        losses.setdefault("numpy", first_loss)
+        if "autodiff" in oracles:
+            (losses["symbolic"], grads["autodiff"]), timings["autodiff"] = _timed(
+                "autodiff", lambda: _loss_and_gradient(symbolic, params64, batch))
+            defects += _mutations(params64, saved_params, batch, saved_batch,
+                                  "the autodiff oracle")
+            validate_params(specs, grads["autodiff"], what="autodiff gradient")
+        if "numeric" in oracles:
+            _, timings["numeric"] = _timed("numeric", lambda: central_differences(
+                numeric_loss, params64, elements=sampled, out=numeric_done))
+    except KeyboardInterrupt:
+        interrupted = True
+    if numeric_done:
+        grads["numeric"] = {k: v.value for k, v in numeric_done.items()}
+        kinks = {k: v.kinks for k, v in numeric_done.items()}
 
     forward_ok = True
     if "symbolic" in losses:
@@ -314,33 +364,30 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     comparisons = []
     for spec in specs:
         for a, b in combinations(oracles, 2):
-            k = kinks.get(spec.name) if "numeric" in (a, b) else None
-            comparisons.append(compare_gradients(spec, (a, b), grads[a][spec.name],
-                                                 grads[b][spec.name], tolerances[spec.name], k))
+            if spec.name not in grads.get(a, {}) or spec.name not in grads.get(b, {}):
+                continue        # interrupted before this oracle reached this parameter
+            numeric = "numeric" in (a, b)
+            comparisons.append(compare_gradients(
+                spec, (a, b), grads[a][spec.name], grads[b][spec.name], tolerances[spec.name],
+                kinks.get(spec.name) if numeric else None,
+                where=sampled[spec.name] if numeric else None, dtype=dtypes[spec.name]))
     result = CheckResult(seed=seed, cell=dict(cell_info or {}), oracles=oracles,
                          comparisons=comparisons, losses=losses, timings=timings,
                          forward_ok=forward_ok, gradients=grads, defects=defects,
                          blocks={s.name: {"names": list(s.blocks), "axis": s.block_axis}
-                                 for s in specs if s.blocks})
-    if "numeric" in oracles:
+                                 for s in specs if s.blocks},
+                         interrupted=interrupted)
+    if interrupted:
+        done = sorted({c.parameter for c in comparisons})
+        result.notes.append(f"interrupted: partial result, compared {len(done)} of "
+                            f"{len(specs)} parameters ({', '.join(done) or 'none'})")
+        return result
+    if any(m is not None for m in sampled.values()):
+        result.notes.append(f"numeric oracle sampled: at most {max_elements} elements per "
+                            "parameter (seeded), the rest compared without it")
+    if "numeric" in grads:
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
-    silent = [s.name for s in specs
-              if all(not np.any(grads[o][s.name]) for o in grads) and s.size]
-    if silent:
-        result.notes.append(
-            f"the gradient of {', '.join(silent)} is exactly zero in every oracle: "
-            f"{'it does' if len(silent) == 1 else 'they do'} not reach the loss here "
-            "(all steps masked, a disconnected parameter, or a forward bug such as a scan "
-            "output indexed with [0]; 'gradcheck compare' checks the forward pass)")
-    if "analytic" in grads:
-        others = [o for o in grads if o != "analytic"]
-        dead = [s.name for s in specs if s.size and not np.any(grads["analytic"][s.name])
-                and any(np.any(grads[o][s.name]) for o in others)]
-        if dead:
-            result.notes.append(
-                f"the analytic gradient of {', '.join(dead)} is exactly zero where "
-                f"{' and '.join(others)} {'is' if len(others) == 1 else 'are'} not: a backward "
-                "loop that never runs (an empty range?), or a gradient never accumulated")
+    result.notes += _zero_gradient_notes(specs, grads)
     if localise and {"analytic", "numeric"} <= set(oracles):
         result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
                                               seed=seed if seed is not None else 0)
@@ -351,6 +398,46 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         if note:
             result.notes.append(note)
     return result
+
+
+def _numeric_loss(cell, params64, batch):
+    """The loss the numeric oracle differentiates: the loss, or the truncation surrogate."""
+    truncation = getattr(cell, "truncation", FULL)
+    if truncation.kind == "full":
+        return lambda p: _scalar_loss(cell.loss(p, batch), "loss()")
+    return surrogate_loss(cell, params64, batch, truncation)
+
+
+def _sample(spec, max_elements, rng):
+    """A boolean mask of the elements to differentiate numerically, or None for all."""
+    if max_elements is None or spec.size <= max_elements:
+        return None
+    mask = np.zeros(spec.size, dtype=bool)
+    mask[rng.choice(spec.size, size=max_elements, replace=False)] = True
+    return mask.reshape(spec.shape)
+
+
+def _zero_gradient_notes(specs, grads) -> list[str]:
+    """Hints for gradients that are exactly zero: in every oracle, or in the analytic only."""
+    notes = []
+    silent = [s.name for s in specs if s.size and all(
+        not np.any(np.nan_to_num(grads[o][s.name])) for o in grads)]
+    if silent:
+        notes.append(
+            f"the gradient of {', '.join(silent)} is exactly zero in every oracle: "
+            f"{'it does' if len(silent) == 1 else 'they do'} not reach the loss here "
+            "(all steps masked, a disconnected parameter, or a forward bug such as a scan "
+            "output indexed with [0]; 'gradcheck compare' checks the forward pass)")
+    if "analytic" in grads:
+        others = [o for o in grads if o != "analytic"]
+        dead = [s.name for s in specs if s.size and not np.any(grads["analytic"][s.name])
+                and any(np.any(np.nan_to_num(grads[o][s.name])) for o in others)]
+        if dead:
+            notes.append(
+                f"the analytic gradient of {', '.join(dead)} is exactly zero where "
+                f"{' and '.join(others)} {'is' if len(others) == 1 else 'are'} not: a backward "
+                "loop that never runs (an empty range?), or a gradient never accumulated")
+    return notes
 
 
 def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances) -> str | None:

@@ -32,6 +32,8 @@ class Comparison:
     worst_block: str | None
     worst_values: tuple[float, float]
     blocks_failed: dict[str, int] = field(default_factory=dict)
+    dtype: str = "float64"
+    compared: int = 0
 
     @property
     def passed(self) -> bool:
@@ -58,6 +60,9 @@ class Comparison:
             "failed_by_block": self.blocks_failed,
             "atol": self.tolerance.atol,
             "rtol": self.tolerance.rtol,
+            "dtype": self.dtype,
+            "numeric_dtype": "float64",
+            "compared_elements": self.compared,
         }
 
     def describe_worst(self) -> str:
@@ -76,11 +81,13 @@ def _json_float(x: float):
 
 
 def compare_gradients(spec: ParamSpec, oracles: tuple[str, str], a, b,
-                      tol: Tolerance, kinks=None) -> Comparison:
+                      tol: Tolerance, kinks=None, where=None, dtype=None) -> Comparison:
     """Compare ``a`` and ``b`` (two oracles' gradients of ``spec``) under ``tol``.
 
     kinks: optional boolean array; elements flagged there that fail are counted
     as non-differentiable points, not as failures.
+    where: optional boolean array; only these elements are compared (a sampled check).
+    dtype: the parameter's own dtype, recorded.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -89,6 +96,8 @@ def compare_gradients(spec: ParamSpec, oracles: tuple[str, str], a, b,
             raise ValueError(f"{name} gradient of {spec.name} has shape {arr.shape}, "
                              f"expected {spec.shape}")
     ok = agree(a, b, tol)
+    if where is not None:
+        ok = ok | ~where                            # elements not sampled are not judged
     kink_fail = ~ok & kinks if kinks is not None else np.zeros_like(ok)
     fail = ~ok & ~kink_fail
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -100,6 +109,8 @@ def compare_gradients(spec: ParamSpec, oracles: tuple[str, str], a, b,
     excess = np.where(np.isfinite(a) & np.isfinite(b), excess, np.inf)
     err = np.where(np.isfinite(err), err, np.inf)
     rel = np.where(np.isfinite(rel), rel, np.inf)
+    if where is not None:
+        excess, err, rel = (np.where(where, v, 0.0) for v in (excess, err, rel))
     ranking = np.where(kink_fail, -1.0, excess)
     if a.size:
         flat = int(np.argmax(ranking))
@@ -121,4 +132,6 @@ def compare_gradients(spec: ParamSpec, oracles: tuple[str, str], a, b,
         worst_block=spec.block_of(worst) if a.size else None,
         worst_values=worst_values,
         blocks_failed=blocks_failed,
+        dtype=dtype or "float64",
+        compared=int(a.size if where is None else np.count_nonzero(where)),
     )

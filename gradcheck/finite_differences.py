@@ -53,24 +53,30 @@ def element_steps(theta: np.ndarray, scale: float = STEP_SCALE) -> np.ndarray:
     return (theta + h) - theta
 
 
-def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE):
+def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE,
+                        elements=None, out=None):
     """``{name: NumericGradient}`` of the scalar ``loss(params)`` for each named parameter.
 
     loss: callable taking a dict of float64 arrays and returning a float.
     params: the point of evaluation; not modified (perturbed copies are used).
     names: which parameters to differentiate; all by default.
     scale: the relative step c.
+    elements: ``{name: boolean mask or None}``; only masked elements are differentiated,
+        the others are NaN (None: every element).
+    out: a dict filled as each parameter is finished (what an interrupted run keeps).
     """
     work = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
     f0 = float(loss(work))
-    out = {}
+    out = {} if out is None else out
     for name in (names if names is not None else list(work)):
         theta = work[name]
         flat = theta.reshape(-1)                    # a view: perturb in place
         steps = element_steps(flat, scale)
-        value = np.empty(flat.size)
+        value = np.full(flat.size, np.nan)
         kinks = np.zeros(flat.size, dtype=bool)
-        for i in range(flat.size):
+        chosen = (elements or {}).get(name)
+        indices = range(flat.size) if chosen is None else np.flatnonzero(chosen)
+        for i in indices:
             old, h = flat[i], steps[i]
             flat[i] = old + h
             f_plus = float(loss(work))
