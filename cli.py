@@ -11,9 +11,10 @@ import json
 import shlex
 import sys
 
-__all__ = ["make_parser", "main", "EXIT_PASS", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_INTERNAL"]
+__all__ = ["make_parser", "main", "EXIT_PASS", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_INTERNAL",
+           "EXIT_INTERRUPTED"]
 
-EXIT_PASS, EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_PASS, EXIT_MISMATCH, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 EXIT_CODES = """\
 exit codes:
@@ -21,6 +22,7 @@ exit codes:
   1  a gradient mismatch (or the forward passes disagree)
   2  a usage or input error, named in one line on stderr
   3  an internal error (rerun with --traceback to see it)
+130  interrupted (Ctrl-C): the partial result is printed and its report written
 """
 
 CHECK_EXAMPLES = """\
@@ -152,6 +154,9 @@ def make_parser() -> argparse.ArgumentParser:
                           "(test material; 'gradcheck list' names them)")
     how.add_argument("--backend", choices=("pytensor", "theano"), default="pytensor",
                      help="library of the symbolic (autodiff) cell; default pytensor")
+    how.add_argument("--max-elements", type=_positive_int, default=None, metavar="N",
+                     help="differentiate at most N elements of each parameter numerically "
+                          "(a seeded sample; default: all, or 4096 above 50,000 parameters)")
     how.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     how.add_argument("--html", metavar="PATH", default=None,
                      help="also write a self-contained HTML report to PATH")
@@ -229,6 +234,7 @@ def _check_file_target(args):
                             batch=args.batch, seed=args.seed)
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
                              oracles=args.oracles or case.oracles, atol=args.atol, rtol=args.rtol,
+                             max_elements=args.max_elements,
                              seed=case.seed if case.seed is not None else args.seed,
                              cell_info={"target": args.cell, **case.info})
     result.command = shlex.join(["gradcheck", "check", args.cell, "--steps", str(args.steps),
@@ -255,7 +261,8 @@ def _run_check(args) -> int:
         result = check_builtin(
             args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
             mask=args.mask or "none", oracles=args.oracles or ORACLES, bug=args.bug,
-            atol=args.atol, rtol=args.rtol, backend=args.backend, **config)
+            atol=args.atol, rtol=args.rtol, backend=args.backend,
+            max_elements=args.max_elements, **config)
     doc = result.as_dict()
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -265,6 +272,8 @@ def _run_check(args) -> int:
         from reports import write_report
         path = write_report(doc, args.html)
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_PASS if result.passed else EXIT_MISMATCH
 
 
@@ -360,9 +369,13 @@ def main(argv=None) -> int:
     except (ValueError, ImportError) as exc:
         sys.stderr.write(f"gradcheck {args.command}: error: {exc}\n")
         return EXIT_USAGE
+    except MemoryError as exc:
+        sys.stderr.write(f"gradcheck {args.command}: error: out of memory ({exc}): choose "
+                         "smaller sizes or --max-elements\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("gradcheck: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # an internal error: one line unless asked for more
         if args.traceback:
             raise

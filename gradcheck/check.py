@@ -317,7 +317,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     tolerances = {s.name: resolve_tolerance(np.asarray(params[s.name]).dtype, atol, rtol)
                   for s in specs}
     dtypes = {s.name: str(np.asarray(params[s.name]).dtype) for s in specs}
-    params64 = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    params64 = {k: np.array(v, dtype=np.float64, order="C") for k, v in params.items()}
     native = {k: np.array(v) for k, v in params.items()}
     rng = np.random.default_rng(seed if seed is not None else 0)
     sampled = {s.name: _sample(s, max_elements, rng) for s in specs}

@@ -65,7 +65,7 @@ def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE,
         the others are NaN (None: every element).
     out: a dict filled as each parameter is finished (what an interrupted run keeps).
     """
-    work = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
+    work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     f0 = float(loss(work))
     out = {} if out is None else out
     for name in (names if names is not None else list(work)):
@@ -101,7 +101,7 @@ def step_size_curve(loss, params, name, index, reference, *, scales=None) -> dic
     Returns ``{"parameter", "index", "steps", "errors", "reference", "step_used"}``.
     """
     scales = np.logspace(-1, -13, 25) if scales is None else np.asarray(scales)
-    work = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
+    work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     theta = work[name]
     old = float(theta[index])
     steps, errors = [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import numpy as np
@@ -15,6 +16,27 @@ __all__ = ["check_builtin", "reproduce_command"]
 def _positive(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _refuse_if_too_large(specs, config, steps, batch) -> None:
+    """ValueError when a check would need more than half the machine's memory."""
+    hidden = getattr(config, "hidden_size", 1)
+    layers = getattr(config, "layers", 1)
+    width = max(getattr(config, "input_size", 1), hidden, getattr(config, "classes", 1))
+    # parameters and their gradients (several copies), and the forward cache of every step
+    need = 8 * (12 * sum(s.size for s in specs) + 24 * steps * batch * layers * 4 * width)
+    budget = _physical_memory() // 2
+    if need > budget:
+        raise ValueError(
+            f"this check would need about {need / 2**30:.1f} GiB, more than half this machine's "
+            f"{2 * budget / 2**30:.1f} GiB: choose smaller sizes")
 
 
 def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol,
@@ -44,7 +66,8 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
 
 def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: int | None = 0,
                   mask: str = "none", oracles=ORACLES, atol=None, rtol=None,
-                  backend: str = "pytensor", bug: str | None = None, **config) -> CheckResult:
+                  backend: str = "pytensor", bug: str | None = None,
+                  max_elements: int | None = None, **config) -> CheckResult:
     """Check the built-in cell ``name`` on seeded random parameters and data.
 
     name: a key of ``cells.CELLS`` ("gru").
@@ -57,6 +80,8 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     rtol: relative tolerance override (scalar or ``{dtype: value}``).
     backend: the symbolic backend, "pytensor" or "theano".
     bug: check one of the cell's deliberately broken variants instead (``gradcheck list``).
+    max_elements: numeric oracle on at most this many elements per parameter; by default
+        all of them, or a sample of 4096 when the cell has over 50,000 parameters.
     config: the cell's configuration fields (see its config class).
     """
     from cells import get_cell
@@ -71,6 +96,10 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
         seed = int(np.random.SeedSequence().entropy % (2 ** 32))
     cfg = entry.config_class(**config)
     cell = entry.make(cfg, bug)
+    specs = cell.param_specs()
+    _refuse_if_too_large(specs, cfg, steps, batch)
+    if max_elements is None and sum(s.size for s in specs) > 50_000:
+        max_elements = 4096
     rng = np.random.default_rng(seed)
     params = cell.init_params(rng)
     data = cell.sample_batch(rng, steps, batch, make_mask(mask, rng, steps, batch))
@@ -79,7 +108,8 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     if bug is not None:
         info["bug"] = bug
     result = check_gradients(cell, params, data, symbolic=symbolic, oracles=oracles,
-                             atol=atol, rtol=rtol, seed=seed, cell_info=info)
+                             atol=atol, rtol=rtol, seed=seed, cell_info=info,
+                             max_elements=max_elements)
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
                                        seed=seed, oracles=oracles, atol=atol, rtol=rtol,
                                        mask=mask, bug=bug)

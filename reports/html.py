@@ -74,7 +74,8 @@ def _parameter_figures(result: dict) -> list[dict]:
         comps = [c for c in result["comparisons"] if c["parameter"] == name]
         worst = max(comps, key=lambda c: (c["verdict"] == "fail", _num(c["max_abs_error"])))
         a, b = worst["oracles"]
-        panels = [(o, grads[o][name], "value") for o in oracles]
+        present = [o for o in oracles if name in grads[o]]      # an interrupted run has fewer
+        panels = [(o, grads[o][name], "value") for o in present]
         diff = np.asarray(grads[a][name], dtype=np.float64) - np.asarray(grads[b][name],
                                                                           dtype=np.float64)
         panels.append((f"|{a} - {b}|", diff, "log_error"))

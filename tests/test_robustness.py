@@ -1,0 +1,166 @@
+"""Bad inputs, one test per row of the README's table: a clear error, or a correct check."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cells.gru import GRU, GRUConfig
+from cells.stacked import StackedCell
+from cli import EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, main
+from gradcheck import Batch, check_gradients, function_cell
+from gradcheck.check import CellError
+
+
+def case(seed=0, steps=4, batch=2, mask=None, **fields):
+    cell = GRU(GRUConfig(**fields))
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    return cell, params, cell.sample_batch(rng, steps, batch, mask)
+
+
+def test_parameter_of_the_wrong_shape():
+    cell, params, batch = case()
+    params["U0"] = params["U0"][:4]
+    with pytest.raises(ValueError, match=r"U0 has shape \(4, 15\), expected \(5, 15\)"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
+
+
+def test_inputs_of_the_wrong_shape():
+    cell, params, batch = case()
+    batch.x = batch.x[..., :3]
+    with pytest.raises(ValueError, match=r"x must be \(T, B, 4\)"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_parameters(bad):
+    cell, params, batch = case()
+    params["W0"][1, 2] = bad
+    with pytest.raises(ValueError, match=r"parameter W0 holds .* at \[1, 2\]"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
+
+
+def test_nan_in_inputs():
+    cell, params, batch = case()
+    batch.x[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="batch.x holds NaN or Inf"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
+
+
+def test_no_time_steps():
+    cell, params, _ = case()
+    empty = Batch(np.zeros((0, 2, 4)), np.zeros((0, 2), int), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"no time steps \(T = 0\)"):
+        check_gradients(cell, params, empty, oracles="analytic,numeric")
+
+
+def test_all_masked_batch_passes_with_a_note():
+    cell, params, batch = case(mask=np.zeros((4, 2)))
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert result.passed
+    assert "exactly zero in every oracle" in result.summary()
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-3), (np.float16, 1e-2)])
+def test_low_precision_parameters(dtype, atol):
+    cell, params, batch = case()
+    low = {k: v.astype(dtype) for k, v in params.items()}
+    result = check_gradients(cell, low, batch, oracles="analytic,numeric")
+    assert result.passed, result.summary()
+    doc = result.as_dict()
+    assert {c["dtype"] for c in doc["comparisons"]} == {np.dtype(dtype).name}
+    assert {c["numeric_dtype"] for c in doc["comparisons"]} == {"float64"}
+    assert {c["atol"] for c in doc["comparisons"]} == {atol}
+
+
+def test_integer_parameters():
+    cell, params, batch = case()
+    params["c"] = np.zeros(3, dtype=np.int64)
+    with pytest.raises(ValueError, match="c has dtype int64, expected a float dtype"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
+
+
+def test_non_contiguous_and_read_only_arrays():
+    cell, params, batch = case()
+    odd = {}
+    for name, value in params.items():
+        if value.ndim == 2:
+            value = np.asfortranarray(value)              # non-contiguous in C order
+        value = value.copy() if value.ndim != 2 else value
+        value.setflags(write=False)
+        odd[name] = value
+    batch.x = batch.x[:, :, ::-1].copy()[:, :, ::-1]      # a negative-stride view
+    result = check_gradients(cell, odd, batch, oracles="analytic,numeric")
+    assert result.passed, result.summary()
+
+
+def test_a_loss_that_is_not_a_scalar():
+    params = {"W": np.ones((2, 3))}
+    batch = Batch(np.ones((4, 1, 2)), np.zeros((4, 1), int), np.ones((4, 1)))
+    cell = function_cell(loss=lambda p, b: (b.x @ p["W"]).sum(axis=(0, 1)),
+                         gradient=lambda p, b: {"W": np.ones((2, 3))}, params=params)
+    with pytest.raises(CellError, match=r"returned float64 of shape \(3,\), not a scalar loss"):
+        check_gradients(cell, params, batch)
+
+
+def test_a_cell_that_raises():
+    params = {"W": np.ones((2, 3))}
+    batch = Batch(np.ones((4, 1, 2)), np.zeros((4, 1), int), np.ones((4, 1)))
+
+    def gradient(p, b):
+        raise KeyError("dLdW")
+
+    cell = function_cell(loss=lambda p, b: float(p["W"].sum()), gradient=gradient, params=params)
+    with pytest.raises(CellError, match="the analytic oracle failed: the cell raised KeyError"):
+        check_gradients(cell, params, batch)
+
+
+def test_too_large_for_memory_is_refused(capsys):
+    assert main(["check", "gru", "--hidden", "100000"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "more than half this machine's" in err and len(err.strip().splitlines()) == 1
+
+
+def test_many_parameters_get_a_sampled_numeric_check(capsys):
+    code = main(["check", "gru", "--hidden", "128", "--input", "64", "--steps", "3",
+                 "--batch", "2", "--oracles", "analytic,numeric", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == EXIT_PASS
+    assert max(c["compared_elements"] for c in doc["comparisons"]) == 4096
+    assert any("numeric oracle sampled" in n for n in doc["notes"])
+
+
+def test_a_sampled_check_still_fails_a_wrong_gradient():
+    from cells.zoo.gru_bugs import BROKEN_GRUS
+    cell = BROKEN_GRUS["reset-gate-derivative"](GRUConfig())
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    result = check_gradients(cell, params, cell.sample_batch(rng, 4, 2),
+                             oracles="analytic,numeric", max_elements=5, seed=0)
+    assert not result.passed
+    assert all(c.compared <= 5 for c in result.comparisons)
+
+
+def test_ctrl_c_gives_a_partial_result_and_an_intact_report(capsys, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = StackedCell.loss
+
+    def interrupting(self, params, batch):
+        calls["n"] += 1
+        if calls["n"] > 200:             # well into the numeric oracle (~340 calls)
+            raise KeyboardInterrupt
+        return original(self, params, batch)
+
+    monkeypatch.setattr(StackedCell, "loss", interrupting)
+    report = tmp_path / "partial.html"
+    code = main(["check", "gru", "--html", str(report), "--json"])
+    out = capsys.readouterr().out
+    assert code == EXIT_INTERRUPTED
+    doc = json.loads(out)
+    assert doc["verdict"] == "interrupted"
+    assert doc["summary"].startswith("interrupted: no mismatch so far")
+    done = {c["parameter"] for c in doc["comparisons"] if "numeric" in c["oracles"]}
+    assert done and done != {"W0", "U0", "b0", "V", "c"}
+    html = report.read_text()
+    assert html.rstrip().endswith("</html>") and "interrupted" in html
