@@ -41,3 +41,31 @@ settings.register_profile(
     "gradcheck", derandomize=True, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile("gradcheck")
+
+
+# False alarms and misses, counted by the property and zoo tests and printed at the
+# end of the run (the README quotes these numbers).
+ROBUSTNESS = {"correct checks": 0, "false alarms": 0, "broken checks": 0, "misses": 0}
+
+
+def count_correct(result):
+    """Record a check of a correct cell; return whether it (rightly) passed."""
+    ROBUSTNESS["correct checks"] += 1
+    ROBUSTNESS["false alarms"] += not result.passed
+    return result.passed
+
+
+def count_broken(result):
+    """Record a check of a broken cell; return whether it (rightly) failed."""
+    ROBUSTNESS["broken checks"] += 1
+    ROBUSTNESS["misses"] += result.passed
+    return not result.passed
+
+
+def pytest_terminal_summary(terminalreporter):
+    if ROBUSTNESS["correct checks"] or ROBUSTNESS["broken checks"]:
+        r = ROBUSTNESS
+        terminalreporter.write_sep("-", "gradcheck: false alarms and misses")
+        terminalreporter.write_line(
+            f"{r['correct checks']} checks of correct cells, {r['false alarms']} false alarms; "
+            f"{r['broken checks']} checks of broken cells, {r['misses']} misses")

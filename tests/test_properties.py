@@ -11,6 +11,7 @@ from gradcheck import check_gradients, resolve_tolerance
 from gradcheck import strategies as gst
 from gradcheck.tolerance import agree
 from gradcheck.truncation import FULL
+from conftest import count_broken, count_correct
 
 backend.load("pytensor")   # PyTensor raises the recursion limit on import: before hypothesis runs
 
@@ -37,7 +38,7 @@ def test_three_oracles_agree_on_random_configs(case):
     from cells.gru_symbolic import SymbolicGRU
     cell, params, batch, seed = case
     result = check_gradients(cell, params, batch, symbolic=SymbolicGRU(cell.config), seed=seed)
-    assert result.passed, result.summary()
+    assert count_correct(result), result.summary()
 
 
 @settings(max_examples=120)
@@ -45,7 +46,7 @@ def test_three_oracles_agree_on_random_configs(case):
 def test_truncated_analytic_matches_its_surrogate(case):
     cell, params, batch, seed = case
     result = check_gradients(cell, params, batch, oracles="analytic,numeric", seed=seed)
-    assert result.passed, result.summary()
+    assert count_correct(result), result.summary()
 
 
 @settings(max_examples=120)
@@ -77,4 +78,32 @@ def test_a_broken_cell_never_passes(case, bug):
     # where the bug does not change the gradient, no check can (or should) see it
     assume(any(not agree(wrong[n], true[n], tol).all() for n in params))
     result = check_gradients(broken, params, batch, oracles="analytic,numeric", seed=seed)
-    assert not result.passed, f"{bug} passed: {result.summary()}"
+    assert count_broken(result), f"{bug} passed: {result.summary()}"
+
+
+@st.composite
+def lstm_cases(draw, *, max_steps=5):
+    from cells.lstm import LSTM, LSTMConfig
+    steps = draw(st.integers(1, max_steps))
+    batch = draw(st.integers(1, 3))
+    size = st.integers(1, 4)
+    config = LSTMConfig(input_size=draw(size), hidden_size=draw(size),
+                        layers=draw(st.integers(1, 2)), classes=draw(st.integers(1, 4)),
+                        vocab=draw(size), gate=draw(st.sampled_from(["sigmoid", "hard"])),
+                        readout=draw(st.sampled_from(["lm", "mean"])),
+                        embedding=draw(st.booleans()))
+    mask = draw(gst.masks(steps=steps, batch=batch))
+    seed = draw(gst.seeds())
+    cell = LSTM(config)
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    return cell, params, cell.sample_batch(rng, steps, batch, mask), seed
+
+
+@settings(max_examples=60)
+@given(lstm_cases())
+def test_lstm_three_oracles_agree_on_random_configs(case):
+    from cells.lstm_symbolic import SymbolicLSTM
+    cell, params, batch, seed = case
+    result = check_gradients(cell, params, batch, symbolic=SymbolicLSTM(cell.config), seed=seed)
+    assert count_correct(result), result.summary()

@@ -164,3 +164,22 @@ def test_ctrl_c_gives_a_partial_result_and_an_intact_report(capsys, tmp_path, mo
     assert done and done != {"W0", "U0", "b0", "V", "c"}
     html = report.read_text()
     assert html.rstrip().endswith("</html>") and "interrupted" in html
+
+
+@pytest.mark.parametrize("side", [-1.0, 1.0])
+@pytest.mark.parametrize("kink", [-2.5, 2.5])
+def test_hard_gates_sitting_on_a_kink_are_no_false_alarm(side, kink):
+    # move one update-gate bias so that a pre-activation lies within a quarter step of a
+    # kink: the central difference of that bias straddles it
+    from conftest import count_correct
+    from gradcheck.finite_differences import STEP_SCALE
+    cell, params, batch = case(gate="hard", mask=np.ones((4, 2)))
+    _, cache = cell.forward(params, batch)
+    a_z = cache["layers"][0]["steps"][0][0][0, 5:10]       # step 0, sequence 0, block z
+    params["b0"][5 + 2] += kink - a_z[2] + side * 0.25 * STEP_SCALE
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert count_correct(result), result.summary()
+    # not vacuous: the central difference there is off by far more than the tolerance,
+    # and it is the kink detection that keeps it from failing
+    b0 = next(c for c in result.comparisons if c.parameter == "b0")
+    assert b0.kinks == 1 and b0.max_abs_error > 1e-4
