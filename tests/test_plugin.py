@@ -33,8 +33,15 @@ def test_a_correct_cell_passes_in_one_line(pytester):
 def test_gru(gradcheck):
     result = gradcheck(*case(GRU, gradcheck.seed))
     assert result.passed and result.seed == 0
+
+def test_lstm(gradcheck):
+    from cells.lstm import LSTM, LSTMConfig
+    cell = LSTM(LSTMConfig(layers=2))
+    rng = np.random.default_rng(gradcheck.seed)
+    params = cell.init_params(rng)
+    assert gradcheck(cell, params, cell.sample_batch(rng, 4, 2)).passed
 ''')
-    pytester.runpytest("-q").assert_outcomes(passed=1)
+    pytester.runpytest("-q").assert_outcomes(passed=2)
 
 
 def test_a_broken_cell_fails_with_element_values_sentence_and_report(pytester, tmp_path):
