@@ -25,7 +25,8 @@ from pathlib import Path
 
 from gradcheck.user_cells import Case, model_cell
 
-__all__ = ["UserCodeError", "is_file_target", "load_target", "case_from_target"]
+__all__ = ["UserCodeError", "exec_file", "is_file_target", "load_target", "case_from_target",
+           "layer_case"]
 
 
 class UserCodeError(ValueError):
@@ -38,21 +39,23 @@ def is_file_target(text: str) -> bool:
     return bool(sep) and path.endswith(".py")
 
 
-def load_target(text: str):
-    """The object NAME defined by ``path.py:NAME``."""
-    path, sep, name = text.rpartition(":")
-    if not sep or not path.endswith(".py") or not name:
-        raise UserCodeError(f"{text!r} is not of the form path/to/file.py:NAME")
+def exec_file(path, namespace: dict | None = None):
+    """Run the Python file ``path`` as a fresh module, ``namespace`` predefined in it.
+
+    The file's folder is on ``sys.path`` while it runs, so it may import its
+    neighbours.  Every failure is a one-line UserCodeError.
+    """
     file = Path(path)
     if not file.is_file():
         raise UserCodeError(f"no such file: {path}")
-    module_name = f"gradcheck_user_{abs(hash(str(file.resolve())))}"
+    module_name = f"gradcheck_user_{abs(hash((str(file.resolve()), namespace is None)))}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(spec)
+    module.__dict__.update(namespace or {})
     sys.modules[module_name] = module
     folder = str(file.resolve().parent)
     added = folder not in sys.path
-    if added:   # the file may import its neighbours
+    if added:
         sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
@@ -63,6 +66,15 @@ def load_target(text: str):
     finally:
         if added:
             sys.path.remove(folder)
+    return module
+
+
+def load_target(text: str):
+    """The object NAME defined by ``path.py:NAME``."""
+    path, sep, name = text.rpartition(":")
+    if not sep or not path.endswith(".py") or not name:
+        raise UserCodeError(f"{text!r} is not of the form path/to/file.py:NAME")
+    module = exec_file(path)
     if not hasattr(module, name):
         defined = [n for n in vars(module) if not n.startswith("_")][:12]
         raise UserCodeError(f"{path} defines no {name!r} (it defines {', '.join(defined)})")

@@ -16,11 +16,8 @@ symbolic gradient the numeric and autodiff oracles can check.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 from collections import OrderedDict
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -78,23 +75,9 @@ def tutorial_namespace(backend: str = "pytensor", seed: int = 0) -> dict:
 
 def load_layer_file(path, backend: str = "pytensor", seed: int = 0):
     """Execute ``path`` with the tutorial's globals defined; returns the module."""
-    from gradcheck.loader import UserCodeError
+    from gradcheck.loader import exec_file
 
-    file = Path(path)
-    if not file.is_file():
-        raise UserCodeError(f"no such file: {path}")
-    name = f"gradcheck_layer_{abs(hash(str(file.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    module = importlib.util.module_from_spec(spec)
-    module.__dict__.update(tutorial_namespace(backend, seed))
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        raise UserCodeError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
-    except Exception as exc:
-        raise UserCodeError(f"running {path} raised {type(exc).__name__}: {exc}") from None
-    return module
+    return exec_file(path, tutorial_namespace(backend, seed))
 
 
 def is_layer_function(obj) -> bool:
