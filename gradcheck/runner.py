@@ -40,7 +40,7 @@ def _refuse_if_too_large(specs, config, steps, batch) -> None:
 
 
 def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol,
-                      mask="none", bug=None) -> str:
+                      mask="none", bug=None, backend="pytensor") -> str:
     """The CLI command that repeats this check exactly."""
     flag = {"input_size": "--input", "hidden_size": "--hidden"}
     args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
@@ -56,6 +56,8 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
         args += ["--mask", mask]
     if bug is not None:
         args += ["--bug", bug]
+    if backend != "pytensor":
+        args += ["--backend", backend]
     if tuple(oracles) != ORACLES:
         args += ["--oracles", ",".join(oracles)]
     for opt, value in (("--atol", atol), ("--rtol", rtol)):
@@ -112,5 +114,5 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
                              max_elements=max_elements)
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
                                        seed=seed, oracles=oracles, atol=atol, rtol=rtol,
-                                       mask=mask, bug=bug)
+                                       mask=mask, bug=bug, backend=backend)
     return result
