@@ -14,12 +14,33 @@ __all__ = ["GATES", "sigmoid", "sigmoid_grad", "hard_sigmoid", "hard_sigmoid_gra
 
 
 def sigmoid(a):
-    """sigma(a) = 1 / (1 + exp(-a)), computed without overflow."""
-    out = np.empty_like(a)
-    pos = a >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-a[pos]))
-    e = np.exp(a[~pos])
-    out[~pos] = e / (1.0 + e)
+    """sigma(a) = 1 / (1 + exp(-a)), computed without overflow; complex-safe.
+
+    With e = exp(-|a|) (for complex a, the branch follows Re a)::
+
+        sigma(a) = 1 / (1 + e)   where a >= 0      (e = exp(-a))
+        sigma(a) = e / (1 + e)   where a <  0      (e = exp(a))
+
+    The numerator is max(e, sign(a)): 1 where a > 0, e where a < 0, and
+    max(1, 0) = 1 at a = 0.  These are the formulas of a boolean-mask split,
+    elementwise, so real results are the same to the bit; without mask
+    assignment, complex inputs keep their imaginary part (the complex step)
+    and a leading probe axis needs nothing special.
+    """
+    a = np.asarray(a)
+    if np.iscomplexobj(a):
+        pos = a.real >= 0
+        e = np.exp(np.where(pos, -a, a))
+        return np.where(pos, 1.0, e) / (1.0 + e)
+    if a.ndim == 0:
+        return sigmoid(a.reshape(1)).reshape(())
+    e = np.abs(a)
+    np.negative(e, out=e)                                       # -|a| is exactly -a or a
+    np.exp(e, out=e)
+    out = np.sign(a)
+    np.maximum(e, out, out=out)
+    e += 1.0
+    out /= e
     return out
 
 
@@ -44,8 +65,13 @@ def tanh_grad_from_output(n):
 
 
 def log_softmax(logits):
-    """log softmax over the last axis, shifted by the max for stability."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+    """log softmax over the last axis, shifted by the max for stability.
+
+    For complex logits (the complex step) the shift is the max of the real
+    part: any shift constant along the axis gives the same function, so it
+    need not be differentiable.
+    """
+    shifted = logits - np.real(logits).max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 

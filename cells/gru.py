@@ -116,31 +116,40 @@ class GRU(StackedCell):
 
     # -------------------------------------------------- one step, and its BPTT
     def _layer_step(self, l, params, h, xp_t, m_t):
-        """h_t of layer l from h = h_{t-1} (B, H) and xp_t = x_t W + b (B, 3H).
+        """h_t of layer l from h = h_{t-1} (..., B, H) and xp_t = x_t W + b (..., B, 3H).
 
-        Returns h_t and what the step's backward needs.
+        Leading axes are probes (see ``losses``): ``U`` may be (P, H, 3H) and
+        ``bn`` (P, 1, H).  Returns h_t and what the step's backward needs.
         """
         H = self.config.hidden_size
         U = params[f"U{l}"]                                     # (H, 3H) r | z | h
-        a_rz = xp_t[:, :2 * H] + h @ U[:, :2 * H]               # (B, 2H) gate pre-activations
-        rz = self.gate(a_rz)
-        r, z = rz[:, :H], rz[:, H:]
         if self.config.reset == "before":
+            a_rz = xp_t[..., :2 * H] + h @ U[..., :2 * H]       # (B, 2H) gate pre-activations
+            rz = self.gate(a_rz)
+            r, z = rz[..., :H], rz[..., H:]
             q = None
-            n = np.tanh(xp_t[:, 2 * H:] + (r * h) @ U[:, 2 * H:])   # (B, H)
+            n = np.tanh(xp_t[..., 2 * H:] + (r * h) @ U[..., 2 * H:])   # (B, H)
         else:
-            q = h @ U[:, 2 * H:] + params[f"bn{l}"]             # (B, H)
-            n = np.tanh(xp_t[:, 2 * H:] + r * q)
+            hU = h @ U                                          # (B, 3H): one product, three blocks
+            a_rz = xp_t[..., :2 * H] + hU[..., :2 * H]
+            rz = self.gate(a_rz)
+            r, z = rz[..., :H], rz[..., H:]
+            q = hU[..., 2 * H:] + params[f"bn{l}"]              # (B, H)
+            n = np.tanh(xp_t[..., 2 * H:] + r * q)
         k = z if self.config.update == "old" else 1.0 - z       # the weight of h_{t-1}
         h_new = (1.0 - k) * n + k * h
         mt = m_t[:, None]                                       # (B, 1)
         return mt * h_new + (1.0 - mt) * h, (a_rz, rz, n, q, mt)
 
-    def _layer_step_backward(self, l, params, dh, h, step_cache, grads):
-        """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t); adds to dU (and dbn)."""
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None):
+        """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t).
+
+        The gradients of U (and bn) are not formed here, step by step, but by
+        ``_recurrent_grads`` from dL/dxp_t of all steps at once.  ``grads`` is
+        not used (it stays for subclasses that wrap this method).
+        """
         H = self.config.hidden_size
         U = params[f"U{l}"]
-        dU = grads[f"U{l}"]
         a_rz, rz, n, q, mt = step_cache
         r, z = rz[:, :H], rz[:, H:]
         # h_t = m h'_t + (1 - m) h_{t-1}
@@ -154,24 +163,42 @@ class GRU(StackedCell):
         dh_prev += dh_new * k
         # n = tanh(a_h)
         da_h = dn * tanh_grad_from_output(n)                    # (B, H)
-        if q is None:
-            # a_h = x W_h + b_h + (r * h) U_h
-            dh_prev += (da_h @ U[:, 2 * H:].T) * r
-            dU[:, 2 * H:] += self._outer(r * h, da_h)
-        else:
-            # a_h = x W_h + b_h + r * q,  q = h U_h + bn
-            dq = da_h * r
-            dU[:, 2 * H:] += self._outer(h, dq)
-            grads[f"bn{l}"] += dq.sum(axis=0)
-            dh_prev += dq @ U[:, 2 * H:].T
         # r = g(a_r), z = g(a_z);  a_r = x W_r + h U_r + b_r, likewise a_z
         gp = self.gate_grad(a_rz, rz)                           # (B, 2H)
         da_r = self._reset_gate_delta(da_h, h, q, U, gp[:, :H])
         da_z = dz * gp[:, H:]
-        dU[:, :H] += self._outer(h, da_r)
-        dU[:, H:2 * H] += self._outer(h, da_z)
-        dh_prev += da_r @ U[:, :H].T + da_z @ U[:, H:2 * H].T
+        if q is None:
+            # a_h = x W_h + b_h + (r * h) U_h
+            dh_prev += (da_h @ U[:, 2 * H:].T) * r
+            dh_prev += np.concatenate([da_r, da_z], axis=1) @ U[:, :2 * H].T
+        else:
+            # a_h = x W_h + b_h + r * q,  q = h U_h + bn: dq = da_h * r, one product for r | z | h
+            dh_prev += np.concatenate([da_r, da_z, da_h * r], axis=1) @ U.T
         return dh_prev, np.concatenate([da_r, da_z, da_h], axis=1)   # (B, H), (B, 3H)
+
+    def _recurrent_grads(self, l, cache, dxp, steps, grads):
+        """Add the gradients of U (and bn) from dL/dxp_t of ``steps`` (a range), at once.
+
+        a_{r,z} = x W + h_{t-1} U_{r,z} + b:     dU_{r,z} += sum_t h_{t-1}^T da_{r,z}
+        reset "before", a_h = ... + (r h_{t-1}) U_h:  dU_h += sum_t (r h_{t-1})^T da_h
+        reset "after",  a_h = ... + r q, q = h_{t-1} U_h + bn, dq = r da_h:
+                                                  dU_h += sum_t h_{t-1}^T dq,  dbn += sum_t dq
+        """
+        if not len(steps):                                      # an empty backward loop
+            return
+        H = self.config.hidden_size
+        h = np.stack([self._previous_state(cache["hs"], t) for t in steps])   # (n, B, H)
+        r = np.stack([cache["steps"][t][1][:, :H] for t in steps])
+        da = dxp[steps.start:steps.stop]                        # (n, B, 3H)
+        dU = grads[f"U{l}"]
+        dU[:, :H] += self._outer(h, da[..., :H])
+        dU[:, H:2 * H] += self._outer(h, da[..., H:2 * H])
+        if self.config.reset == "before":
+            dU[:, 2 * H:] += self._outer(r * h, da[..., 2 * H:])
+        else:
+            dq = da[..., 2 * H:] * r
+            dU[:, 2 * H:] += self._outer(h, dq)
+            grads[f"bn{l}"] += dq.sum(axis=(0, 1))
 
     def _reset_gate_delta(self, da_h, h, q, U, slope_r):
         """dL/da_r: through n's pre-activation a_h, times the reset gate's slope.
@@ -204,22 +231,34 @@ class GRU(StackedCell):
         return state[-1]
 
     # ------------------------------------------------------- whole sequences
+    def _layer_forward(self, l, params, x, mask, keep_steps=True):
+        """Layer l over all steps: inputs x (..., T, B, D) -> h_t (..., T, B, H), and its cache.
+
+        Leading axes are probes (see ``losses``); ``keep_steps`` keeps what the
+        backward pass needs of every step.
+        """
+        H = self.config.hidden_size
+        T, B = mask.shape
+        xp = self._project(x, params[f"W{l}"], params[f"b{l}"])  # (..., T, B, 3H) all steps at once
+        own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
+        lead = np.broadcast_shapes(xp.shape[:-3], *(np.shape(p)[:-2] for p in own))
+        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0; complex under the complex step
+        hs = np.zeros((T + 1,) + lead + (B, H), dtype=np.result_type(xp, *own))
+        steps, store = [], []
+        for t in range(T):
+            hs[t + 1], step_cache = self._layer_step(l, params, hs[t], xp[..., t, :, :], mask[t])
+            if keep_steps:
+                steps.append(self._keep_step(store, t, T, step_cache))
+        return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps)
+
     def forward(self, params, batch: Batch):
         """Loss and the cache the backward pass needs."""
-        H = self.config.hidden_size
-        m = batch.mask                                          # (T, B)
-        T, B = m.shape
         x = self.embed(params, batch)                           # (T, B, D)
         layers = []
         for l in range(self.config.layers):
-            xp = x @ params[f"W{l}"] + params[f"b{l}"]          # (T, B, 3H) all steps in one matmul
-            hs = np.zeros((T + 1, B, H))                        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
-            steps = []
-            for t in range(T):
-                hs[t + 1], step_cache = self._layer_step(l, params, hs[t], xp[t], m[t])
-                steps.append(step_cache)
-            layers.append(dict(x=x, hs=hs, steps=steps))
-            x = hs[1:]                                          # input of the layer above
+            # h_t of layer l: the input of the layer above
+            x, layer_cache = self._layer_forward(l, params, x, batch.mask)
+            layers.append(layer_cache)
         loss, rc = self._readout(params, x, batch)
         return loss, dict(layers=layers, top=x, readout=rc)
 
@@ -251,21 +290,24 @@ class GRU(StackedCell):
             lc = cache["layers"][l]
             W = params[f"W{l}"]
             dxp = np.zeros((T, B, W.shape[1]))                  # dL/d(x_t W + b)
-            dh_all = np.zeros((T, B, self.config.hidden_size))
+            dh_all = np.zeros((T, B, self.config.hidden_size)) if record is not None else None
             dh_next = 0.0                                       # dL/dh_t through step t + 1
             for t in range(t_hi, t_lo - 1, -1):
                 dh = dabove[t] + dh_next                        # total dL/dh_t
-                dh_all[t] = dh
+                if record is not None:
+                    dh_all[t] = dh
                 h = self._previous_state(lc["hs"], t)           # h_{t-1}
-                if record is None:
-                    dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t],
-                                                                grads)
-                    continue
-                own = {k: np.zeros_like(grads[k]) for k in (f"U{l}", f"bn{l}") if k in grads}
-                dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t], own)
-                for k, v in own.items():
-                    grads[k] += v
-                    record["steps"][k][t] = v
+                dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t],
+                                                            grads)
+            if record is None:
+                self._recurrent_grads(l, lc, dxp, range(t_lo, t_hi + 1), grads)
+            else:                                               # step by step, recorded
+                for t in range(t_lo, t_hi + 1):
+                    own = {k: np.zeros_like(grads[k]) for k in (f"U{l}", f"bn{l}") if k in grads}
+                    self._recurrent_grads(l, lc, dxp, range(t, t + 1), own)
+                    for k, v in own.items():
+                        grads[k] += v
+                        record["steps"][k][t] = v
             # xp = x W + b for the steps in the span
             grads[f"W{l}"] += self._outer(lc["x"][span], dxp[span])
             grads[f"b{l}"] += dxp[span].sum(axis=(0, 1))
@@ -276,6 +318,8 @@ class GRU(StackedCell):
                 # the carried state s_t feeds step t + 1 (and, on top, the readout at t);
                 # a lower layer's h_t also feeds the layer above at t, which s_t excludes
                 record["adjoints"][l] = dh_all - (dabove if l < top else 0.0)
+            if l == 0 and not self.config.embedding:
+                break                                           # dense inputs need no adjoint
             dx = dxp[span] @ W.T                                # dL/dx_t of this layer
             dabove = np.zeros(lc["x"].shape)
             dabove[span] = self._adjoint_for_layer_below(dx, dtop[span]) if l > 0 else dx

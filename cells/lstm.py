@@ -105,32 +105,34 @@ class LSTM(StackedCell):
 
     # -------------------------------------------------- one step, and its BPTT
     def _layer_step(self, l, params, s, xp_t, m_t):
-        """s_t = [h_t | c_t] of layer l from s = s_{t-1} (B, 2H) and xp_t = x_t W + b (B, 4H).
+        """s_t = [h_t | c_t] of layer l from s_{t-1} (..., B, 2H) and xp_t = x_t W + b (..., B, 4H).
 
+        Leading axes are probes (see ``losses``): ``U`` may be (P, H, 4H).
         Returns s_t and what the step's backward needs.
         """
         H = self.config.hidden_size
-        h, c = s[:, :H], s[:, H:]                               # h_{t-1}, c_{t-1} (B, H)
+        h, c = s[..., :H], s[..., H:]                           # h_{t-1}, c_{t-1} (B, H)
         a = xp_t + h @ params[f"U{l}"]                          # (B, 4H) i | f | o | c
-        ifo = self.gate(a[:, :3 * H])                           # (B, 3H) gates
-        i, f, o = ifo[:, :H], ifo[:, H:2 * H], ifo[:, 2 * H:]
-        u = np.tanh(a[:, 3 * H:])                               # (B, H) candidate c~
+        ifo = self.gate(a[..., :3 * H])                         # (B, 3H) gates
+        i, f, o = ifo[..., :H], ifo[..., H:2 * H], ifo[..., 2 * H:]
+        u = np.tanh(a[..., 3 * H:])                             # (B, H) candidate c~
         c_new = f * c + i * u
         tc = np.tanh(c_new)
         h_new = o * tc
         mt = m_t[:, None]                                       # (B, 1)
         s_new = np.concatenate([mt * h_new + (1.0 - mt) * h,
-                                mt * c_new + (1.0 - mt) * c], axis=1)
+                                mt * c_new + (1.0 - mt) * c], axis=-1)
         return s_new, (a, ifo, u, tc, mt)
 
-    def _layer_step_backward(self, l, params, ds, s, step_cache, grads):
-        """BPTT of one step: dL/ds_t -> (dL/ds_{t-1}, dL/dxp_t); adds to dU.
+    def _layer_step_backward(self, l, params, ds, s, step_cache, grads=None):
+        """BPTT of one step: dL/ds_t -> (dL/ds_{t-1}, dL/dxp_t).
 
-        ds = [dL/dh_t | dL/dc_t] (B, 2H); s = s_{t-1} = [h_{t-1} | c_{t-1}].
+        ds = [dL/dh_t | dL/dc_t] (B, 2H); s = s_{t-1} = [h_{t-1} | c_{t-1}].  The
+        gradient of U is formed by ``_recurrent_grads`` from dL/dxp_t of all
+        steps at once; ``grads`` is not used (it stays for wrapping subclasses).
         """
         H = self.config.hidden_size
         U = params[f"U{l}"]
-        dU = grads[f"U{l}"]
         a, ifo, u, tc, mt = step_cache
         i, f, o = ifo[:, :H], ifo[:, H:2 * H], ifo[:, 2 * H:]
         h, c = s[:, :H], s[:, H:]                               # h_{t-1}, c_{t-1}
@@ -155,9 +157,19 @@ class LSTM(StackedCell):
         da_ifo = np.concatenate([di, df, do], axis=1) * gp      # (B, 3H)
         da = np.concatenate([da_ifo, da_c], axis=1)             # (B, 4H) i | f | o | c
         # a = x W + h_{t-1} U + b
-        dU += self._outer(h, da)
         dh_prev += da @ U.T
         return np.concatenate([dh_prev, dc_prev], axis=1), da   # (B, 2H), (B, 4H)
+
+    def _recurrent_grads(self, l, cache, dxp, steps, grads):
+        """Add the gradient of U from dL/dxp_t of ``steps`` (a range), at once.
+
+        a_t = x_t W + h_{t-1} U + b:   dU += sum_t h_{t-1}^T da_t
+        """
+        if not len(steps):                                      # an empty backward loop
+            return
+        H = self.config.hidden_size
+        h = np.stack([self._previous_state(cache["ss"], t)[:, :H] for t in steps])   # (n, B, H)
+        grads[f"U{l}"] += self._outer(h, dxp[steps.start:steps.stop])
 
     # ----------------------------------------------------- the step interface
     def initial_state(self, batch_size: int) -> list[np.ndarray]:
@@ -181,23 +193,33 @@ class LSTM(StackedCell):
         return state[-1][:, :self.config.hidden_size]
 
     # ------------------------------------------------------- whole sequences
+    def _layer_forward(self, l, params, x, mask, keep_steps=True):
+        """Layer l over all steps: inputs x (..., T, B, D) -> h_t (..., T, B, H), and its cache.
+
+        Leading axes are probes (see ``losses``); ``keep_steps`` keeps what the
+        backward pass needs of every step.
+        """
+        H = self.config.hidden_size
+        T, B = mask.shape
+        xp = self._project(x, params[f"W{l}"], params[f"b{l}"])  # (..., T, B, 4H) all steps at once
+        U = params[f"U{l}"]
+        lead = np.broadcast_shapes(xp.shape[:-3], np.shape(U)[:-2])
+        # ss[t + 1] = s_t = [h_t | c_t], ss[0] = s_{-1} = 0; complex under the complex step
+        ss = np.zeros((T + 1,) + lead + (B, 2 * H), dtype=np.result_type(xp, U))
+        steps, store = [], []
+        for t in range(T):
+            ss[t + 1], step_cache = self._layer_step(l, params, ss[t], xp[..., t, :, :], mask[t])
+            if keep_steps:
+                steps.append(self._keep_step(store, t, T, step_cache))
+        return np.moveaxis(ss[1:, ..., :H], 0, -3), dict(x=x, ss=ss, steps=steps)
+
     def forward(self, params, batch: Batch):
         """Loss and the cache the backward pass needs."""
-        H = self.config.hidden_size
-        m = batch.mask                                          # (T, B)
-        T, B = m.shape
         x = self.embed(params, batch)                           # (T, B, D)
         layers = []
         for l in range(self.config.layers):
-            xp = x @ params[f"W{l}"] + params[f"b{l}"]          # (T, B, 4H) all steps in one matmul
-            # ss[t + 1] = s_t = [h_t | c_t], ss[0] = s_{-1} = 0
-            ss = np.zeros((T + 1, B, 2 * H))
-            steps = []
-            for t in range(T):
-                ss[t + 1], step_cache = self._layer_step(l, params, ss[t], xp[t], m[t])
-                steps.append(step_cache)
-            layers.append(dict(x=x, ss=ss, steps=steps))
-            x = ss[1:, :, :H]                                   # h_t: input of the layer above
+            x, layer_cache = self._layer_forward(l, params, x, batch.mask)   # h_t: input above
+            layers.append(layer_cache)
         loss, rc = self._readout(params, x, batch)
         return loss, dict(layers=layers, top=x, readout=rc)
 
@@ -229,15 +251,16 @@ class LSTM(StackedCell):
                 # h_t also feeds the layer above at t, which s_t excludes
                 carried[t] = ds if l == top else ds_next
                 s = self._previous_state(lc["ss"], t)           # s_{t-1}
-                if record is None:
-                    ds_next, dxp[t] = self._layer_step_backward(l, params, ds, s, lc["steps"][t],
-                                                                grads)
-                    continue
-                own = {f"U{l}": np.zeros_like(grads[f"U{l}"])}
-                ds_next, dxp[t] = self._layer_step_backward(l, params, ds, s, lc["steps"][t], own)
-                for k, v in own.items():
-                    grads[k] += v
-                    record["steps"][k][t] = v
+                ds_next, dxp[t] = self._layer_step_backward(l, params, ds, s, lc["steps"][t],
+                                                            grads)
+            if record is None:
+                self._recurrent_grads(l, lc, dxp, range(t_lo, t_hi + 1), grads)
+            else:                                               # step by step, recorded
+                for t in range(t_lo, t_hi + 1):
+                    own = {f"U{l}": np.zeros_like(grads[f"U{l}"])}
+                    self._recurrent_grads(l, lc, dxp, range(t, t + 1), own)
+                    grads[f"U{l}"] += own[f"U{l}"]
+                    record["steps"][f"U{l}"][t] = own[f"U{l}"]
             # xp = x W + b for the steps in the span
             grads[f"W{l}"] += self._outer(lc["x"][span], dxp[span])
             grads[f"b{l}"] += dxp[span].sum(axis=(0, 1))
@@ -246,6 +269,8 @@ class LSTM(StackedCell):
                     record["steps"][f"W{l}"][t] = self._outer(lc["x"][t], dxp[t])
                     record["steps"][f"b{l}"][t] = dxp[t].sum(axis=0)
                 record["adjoints"][l] = carried
+            if l == 0 and not self.config.embedding:
+                break                                           # dense inputs need no adjoint
             dabove = np.zeros(lc["x"].shape)
             dabove[span] = dxp[span] @ W.T                      # dL/dx_t of this layer
         if self.config.embedding:

@@ -15,13 +15,19 @@ written once, here:
                     L = (1/B) sum_b CE(softmax(p_b V + c), y_b)
 
 - the BPTT driver: ``loss``, ``loss_and_gradient``, ``gradient``,
-  ``gradient_details`` and the truncation window (``_window_start``).
+  ``gradient_details`` and the truncation window (``_window_start``);
+- ``losses``: the losses of many parameter sets in one vectorised forward
+  pass, the parameters stacked along a leading "probe" axis (batched finite
+  differences and complex steps, see :mod:`gradcheck.finite_differences`);
+- whether the forward pass is analytic (``supports_complex_step``).
 
 A subclass sets ``config`` (with the fields of :data:`SIZE_FIELDS`, ``gate``,
 ``readout``, ``embedding``, ``truncate``, ``truncation``) and ``truncation``,
 and provides ``param_specs()``, ``forward(params, batch)`` -> ``(loss, cache)``
 with ``cache["top"]`` the top layer's h_t (T, B, H) and ``cache["readout"]``
-from ``_readout``, and ``_backward_layers(params, cache, dtop, t_lo, t_hi,
+from ``_readout``, ``_layer_forward(l, params, x, mask, keep_steps)`` (one
+layer over all steps, with or without a leading probe axis, used by
+``forward`` and ``losses`` alike), and ``_backward_layers(params, cache, dtop, t_lo, t_hi,
 grads, batch, record)``, the hand BPTT of every layer over steps t_hi down to
 t_lo.  ``_outer`` and ``_window_start`` are methods, so that deliberately
 broken variants can override them.
@@ -36,10 +42,50 @@ from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
 from gradcheck.truncation import parse_truncation
 
-__all__ = ["StackedCell", "validate_config", "READOUTS", "SIZE_FIELDS"]
+__all__ = ["StackedCell", "validate_config", "probe_stack", "READOUTS", "SIZE_FIELDS",
+           "HARD_GATE_NOT_ANALYTIC"]
 
 READOUTS = ("lm", "mean")
 SIZE_FIELDS = ("input_size", "hidden_size", "layers", "classes", "vocab")
+HARD_GATE_NOT_ANALYTIC = "complex step needs analytic functions: the hard sigmoid's clip is not"
+# step caches at least this large are kept in preallocated (T, ...) arrays
+KEEP_BYTES = 1 << 15
+
+
+def probe_stack(params) -> tuple[int, dict[str, np.ndarray]]:
+    """The probe count P and the parameters as the vectorised forward pass uses them.
+
+    params: ``{name: (P, *shape)}``; a parameter that is the same in every probe
+        should be a stride-0 view (``np.broadcast_to``), which is computed with once.
+
+    Returns ``(P, stack)``: shared parameters without the probe axis; varying
+    vectors (biases) as ``(P, 1, n)``, to broadcast against ``(P, rows, n)``;
+    varying matrices as ``(P, rows, cols)``.
+    """
+    counts = {np.shape(v)[0] for v in params.values() if np.ndim(v)}
+    if len(counts) != 1:
+        raise ValueError("every parameter needs the same leading probe axis, got sizes "
+                         f"{sorted(counts)}")
+    P = counts.pop()
+    stack = {}
+    for name, value in params.items():
+        value = np.asarray(value)
+        if value.ndim < 2:
+            raise ValueError(f"parameter {name} has no probe axis: shape {value.shape}")
+        if P == 1 or value.strides[0] == 0:
+            stack[name] = value[0]                              # shared by every probe
+        elif value.ndim == 2:
+            stack[name] = value[:, None, :]                     # (P, 1, n)
+        else:
+            stack[name] = value
+    return P, stack
+
+
+def _loss_value(loss):
+    """A loss as a Python float (complex under the complex step), or the (P,) losses."""
+    if np.ndim(loss):
+        return loss
+    return complex(loss) if np.iscomplexobj(loss) else float(loss)
 
 
 def validate_config(config, choices) -> None:
@@ -126,10 +172,27 @@ class StackedCell:
         validate_mask(batch.mask, T, B)
 
     def embed(self, params, batch: Batch) -> np.ndarray:
-        """Layer 0's inputs (T, B, D): E[ids] with an embedding, else x itself."""
+        """Layer 0's inputs (T, B, D): E[ids] with an embedding, else x itself.
+
+        An embedding stacked along a probe axis, (P, V, D), gives (P, T, B, D).
+        """
         if self.config.embedding:
-            return params["E"][batch.x]
+            return params["E"][..., batch.x, :]
         return np.asarray(batch.x, dtype=np.float64)
+
+    @staticmethod
+    def _project(x, W, b):
+        """x_t W + b for all steps: x (..., T, B, D) -> (..., T, B, G).
+
+        One (B, D) @ (D, G) product per step, exactly the product the step
+        interface computes, so ``forward`` and ``step`` agree to the bit.  A
+        stacked W (P, D, G) or b (P, 1, G) applies one matrix per probe to every step.
+        """
+        if W.ndim == 3:
+            W = W[:, None]                                      # (P, 1, D, G)
+        if np.ndim(b) == 3:
+            b = b[:, None]                                      # (P, 1, 1, G)
+        return x @ W + b
 
     # ---------------------------------------------------------------- readout
     def readout_loss(self, params, top, batch: Batch) -> float:
@@ -137,19 +200,31 @@ class StackedCell:
         return self._readout(params, top, batch)[0]
 
     def _readout(self, params, top, batch: Batch):
+        """The loss and what its backward needs, from the top states ``top`` (..., T, B, H).
+
+        Leading axes of ``top``, ``V`` (P, H, K) or ``c`` (P, 1, K) are probes:
+        the loss is then one per probe.
+        """
         c = self.config
         m = batch.mask                                          # (T, B)
-        B = m.shape[1]
+        T, B = m.shape
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
-            logp = log_softmax(top @ V + cb)                    # (T, B, K)
-            nll = -np.take_along_axis(logp, batch.y[..., None], -1)[..., 0]
-            return float((m * nll).sum() / B), dict(logp=logp)
+            H = top.shape[-1]
+            logits = top.reshape(top.shape[:-3] + (T * B, H)) @ V + cb   # (..., T B, K)
+            logp = log_softmax(logits)
+            lead = logp.shape[:-2]
+            y = np.broadcast_to(batch.y.reshape(T * B, 1), lead + (T * B, 1))
+            nll = -np.take_along_axis(logp, y, -1)[..., 0]      # (..., T B)
+            # L = (1/B) sum_{t,b} m_tb nll_tb
+            loss = (m.reshape(T * B) * nll).sum(axis=-1) / B
+            return _loss_value(loss), dict(logp=logp.reshape(lead + (T, B, logp.shape[-1])))
         count = np.maximum(m.sum(axis=0), 1.0)                  # (B,)
-        pooled = (m[..., None] * top).sum(axis=0) / count[:, None]   # (B, H)
-        logp = log_softmax(pooled @ V + cb)                     # (B, K)
-        loss = -np.take_along_axis(logp, batch.y[:, None], -1).sum() / B
-        return float(loss), dict(logp=logp, pooled=pooled, count=count)
+        pooled = (m[..., None] * top).sum(axis=-3) / count[:, None]   # (..., B, H)
+        logp = log_softmax(pooled @ V + cb)                     # (..., B, K)
+        y = np.broadcast_to(batch.y[:, None], logp.shape[:-1] + (1,))
+        loss = -np.take_along_axis(logp, y, -1)[..., 0].sum(axis=-1) / B
+        return _loss_value(loss), dict(logp=logp, pooled=pooled, count=count)
 
     def _readout_backward(self, params, top, batch: Batch, rc, grads) -> np.ndarray:
         """dL/dtop (T, B, H); sets the gradients of V and c."""
@@ -181,6 +256,76 @@ class StackedCell:
 
     def loss(self, params, batch: Batch) -> float:
         return self.forward(params, batch)[0]
+
+    def _layer_forward(self, l, params, x, mask, keep_steps=True):
+        raise NotImplementedError
+
+    @staticmethod
+    def _keep_step(store, t, steps, step_cache):
+        """Step t's cache, copied into one preallocated (T, ...) array per large quantity.
+
+        One allocation per quantity instead of one per step: for arrays of
+        ``KEEP_BYTES`` and more, fresh pages cost more than the copy (small ones
+        are kept as they are).  Returns views, so the cache holds the same
+        values; ``store`` is a list, empty before step 0.  None entries stay None.
+        """
+        if not store:
+            store.extend(None if c is None or np.size(c) * 8 < KEEP_BYTES
+                         else np.empty((steps,) + np.shape(c), np.result_type(c))
+                         for c in step_cache)
+        kept = []
+        for buf, c in zip(store, step_cache):
+            if buf is not None:
+                buf[t] = c
+                c = buf[t]
+            kept.append(c)
+        return tuple(kept)
+
+    def losses(self, params, batch: Batch) -> np.ndarray:
+        """The losses of P parameter sets in one vectorised forward pass (no backward).
+
+        params: ``{name: (P, *shape)}``, the parameter sets stacked along a leading
+            probe axis; pass a stride-0 view (``np.broadcast_to``) for a parameter
+            that is the same in every probe, so that it is computed with once.
+        batch: the inputs, targets and mask, shared by every probe.
+
+        Returns the (P,) losses; each equals ``loss`` of that probe's parameters
+        (the same operations on the same numbers, so to the last bit with the
+        BLAS tested here).  Full BPTT only: a truncated cell's surrogate losses
+        run through the step interface instead.  Complex parameters (the
+        complex step) give complex losses.
+        """
+        P, stack = probe_stack(params)
+        x = self.embed(stack, batch)                            # (T, B, D) or (P, T, B, D)
+        for l in range(self.config.layers):
+            x, _ = self._layer_forward(l, stack, x, batch.mask, keep_steps=False)
+        loss, _ = self._readout(stack, x, batch)
+        return np.broadcast_to(loss, (P,)).copy()
+
+    @property
+    def losses_match_loss(self) -> bool:
+        """Whether ``losses`` computes the function ``loss`` does.
+
+        False when a subclass below the class that defines ``_layer_forward``
+        overrides the forward pass (``forward``, ``loss``, ``embed``, the readout):
+        ``losses`` would then still run the parent's forward.
+        """
+        mro = type(self).__mro__
+        owner = next(i for i, c in enumerate(mro) if "_layer_forward" in vars(c))
+        forward = ("forward", "loss", "embed", "_readout", "readout_loss", "_project")
+        return not any(name in vars(c) for c in mro[:owner] for name in forward)
+
+    @property
+    def complex_step_reason(self) -> str | None:
+        """Why the complex step cannot differentiate this cell, or None when it can."""
+        if getattr(self.config, "gate", None) == "hard":
+            return HARD_GATE_NOT_ANALYTIC
+        return None
+
+    @property
+    def supports_complex_step(self) -> bool:
+        """True when the forward pass is analytic and complex-safe (sigmoid gates)."""
+        return self.complex_step_reason is None
 
     def _window_start(self, t, steps):
         """First step BPTT reaches from the readout's use of h_t (see gradcheck.truncation)."""

@@ -18,6 +18,31 @@ The same three evaluations give the two one-sided differences::
 For a smooth L they differ by about L'' h; when they differ by much more, the
 perturbation crossed a kink (hard sigmoid, clipping) and the central
 difference is not a derivative: the element is flagged as a kink.
+
+Three ways to run it, with the same numbers:
+
+``central_differences(loss, params)``
+    one element at a time, two calls of ``loss`` each: any loss.
+
+``batched_central_differences(cell, params, batch)``
+    many +h / -h perturbations in one vectorised forward pass, along a
+    leading probe axis (``cell.losses``, see ``cells.stacked.StackedCell``);
+    the per-probe Python overhead disappears and every loss is computed by
+    the same operations on the same numbers as ``cell.loss``.  Cells without
+    ``losses``, and truncated BPTT (its surrogate losses run through the step
+    interface), take the one-at-a-time path.
+
+``complex_step(loss, params)``, ``batched_complex_step(cell, params, batch)``
+    for a forward pass built from analytic functions, the complex step::
+
+        dL/dtheta_i = Im L(theta + i h e_i) / h,   h = 1e-20
+
+    has no subtraction, so no cancellation: it is exact to rounding.  A cell
+    opts in with ``supports_complex_step`` (the reference cells do for
+    sigmoid gates, not for the hard sigmoid, whose clip is not analytic).
+
+``numeric_gradient(cell, params, batch, method=...)`` picks the loss (the
+truncation surrogate when the cell truncates its BPTT) and the method.
 """
 
 from __future__ import annotations
@@ -26,12 +51,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["STEP_SCALE", "KINK_RTOL", "NumericGradient", "element_steps", "central_differences",
-           "step_size_curve"]
+__all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
+           "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
+           "complex_step", "batched_complex_step", "complex_step_refusal", "numeric_gradient",
+           "numeric_loss", "probe_chunk", "step_size_curve"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
 # one-sided differences disagreeing by more than this fraction flag a kink
 KINK_RTOL = 1e-3
+# the complex step: far below rounding of theta, so theta + i h is exact
+COMPLEX_STEP = 1e-20
+# the numeric oracle's methods: one element at a time, vectorised, complex step
+NUMERIC_METHODS = ("central", "batched", "complex")
+# bytes of one per-step gate array across the probes of a vectorised pass:
+# small enough to stay in cache, large enough to amortise the Python per step
+PROBE_BYTES = 1 << 17
+
+
+class ComplexStepError(ValueError):
+    """The complex step cannot differentiate this cell or loss (the reason is the message)."""
 
 
 @dataclass
@@ -117,3 +155,268 @@ def step_size_curve(loss, params, name, index, reference, *, scales=None) -> dic
     return {"parameter": name, "index": [int(i) for i in index], "steps": steps,
             "errors": errors, "reference": float(reference),
             "step_used": float(element_steps(np.array([old]))[0])}
+
+
+# ------------------------------------------------------------ vectorised probes
+def _kinks(f_plus, f_minus, f0, h):
+    """Elementwise kink flags from the one-sided differences (the scalar path's rule)."""
+    # forward = (L(theta + h) - L(theta)) / h,  backward = (L(theta) - L(theta - h)) / h
+    fwd, bwd = (f_plus - f0) / h, (f0 - f_minus) / h
+    bound = KINK_RTOL * np.maximum(np.abs(fwd), np.abs(bwd)) + 1e3 * STEP_SCALE ** 2
+    return np.abs(fwd - bwd) > bound
+
+
+def probe_chunk(cell, batch, chunk=None) -> int:
+    """How many perturbed elements one vectorised pass takes (each gives one or two probes).
+
+    cell: the cell (its ``config.hidden_size`` sizes the per-step arrays).
+    batch: the batch (its size B).
+    chunk: an explicit number, returned as is; None picks one so that a per-step
+        gate array over the probes holds about ``PROBE_BYTES``.
+    """
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise ValueError(f"chunk={chunk!r} must be a positive integer")
+        return int(chunk)
+    hidden = getattr(getattr(cell, "config", None), "hidden_size", 32)
+    per_probe = 8 * 4 * hidden * max(1, batch.mask.shape[1])    # a (B, 4H) float64 array
+    return int(np.clip(PROBE_BYTES // (2 * per_probe), 1, 128))
+
+
+def _stack(work, name, flat_index, values):
+    """Probe stack: ``work[name]`` with element ``flat_index[p]`` set to ``values[p]``.
+
+    The other parameters are stride-0 views, shared by every probe.
+    """
+    P = len(values)
+    stack = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in work.items()}
+    theta = work[name]
+    moved = np.empty((P, theta.size), dtype=np.result_type(theta, values))
+    moved[...] = theta.reshape(1, -1)
+    moved[np.arange(P), flat_index] = values
+    stack[name] = moved.reshape((P,) + theta.shape)
+    return stack
+
+
+def _selected(elements, name, size) -> np.ndarray:
+    """Flat indices to differentiate: every element, or those ``elements[name]`` marks."""
+    chosen = (elements or {}).get(name)
+    return np.arange(size) if chosen is None else np.flatnonzero(chosen)
+
+
+def _chunks(indices, size):
+    """``indices`` in consecutive pieces of at most ``size``."""
+    return [indices[lo:lo + size] for lo in range(0, len(indices), size)]
+
+
+def _has_losses(cell) -> bool:
+    """Whether ``cell.losses`` can stand in for ``cell.loss``: it exists, computes the
+    same function (``losses_match_loss``, when the cell says), and the BPTT is full
+    (truncation surrogates run through the step interface instead)."""
+    return (hasattr(cell, "losses") and getattr(cell, "losses_match_loss", True)
+            and getattr(getattr(cell, "truncation", None), "kind", "full") == "full")
+
+
+def _batched_ready(cell, work, batch, f0, strict=True) -> bool:
+    """Whether the vectorised path gives the one-at-a-time numbers here.
+
+    Besides ``_has_losses``, the vectorised loss at the unperturbed point, run
+    through the probe path, must be ``f0``, the scalar loss: to the bit when
+    ``strict`` (else to 1e-12 relative).  A loss that is not a function of its
+    inputs, or a BLAS that rounds stacked matrix products differently, falls
+    back to the one-at-a-time path.
+    """
+    if not _has_losses(cell):
+        return False
+    first = next(iter(work))
+    flat = work[first].reshape(-1)
+    both = cell.losses(_stack(work, first, np.zeros(2, dtype=int), np.full(2, flat[0])), batch)
+    if strict:
+        return bool(np.all(both == f0))
+    return bool(np.all(np.abs(both - f0) <= 1e-12 * max(1.0, abs(f0))))
+
+
+def batched_central_differences(cell, params, batch, names=None, *, scale: float = STEP_SCALE,
+                                chunk=None, elements=None, out=None, loss=None,
+                                strict: bool = True):
+    """``{name: NumericGradient}``: central differences of the cell's loss, vectorised.
+
+    cell: a cell with ``loss(params, batch)`` and, for the vectorised path,
+        ``losses(stacked_params, batch)`` (see ``cells.stacked.StackedCell.losses``).
+    params: the point of evaluation; not modified.
+    batch: the batch the loss is evaluated on.
+    names: which parameters to differentiate; all by default.
+    scale: the relative step c.
+    chunk: elements perturbed per vectorised pass (2 chunk probes); None sizes it.
+    elements: ``{name: boolean mask or None}`` as in ``central_differences``.
+    out: a dict filled as each parameter is finished (what an interrupted run keeps).
+    loss: the scalar loss ``loss(params)`` (default ``cell.loss(params, batch)``): its
+        value at ``params`` must match the vectorised one, and the fallback uses it.
+    strict: use the vectorised path only when its unperturbed loss is the scalar
+        loss to the bit (else to 1e-12 relative).
+
+    Same steps, same formulas and the same kink flags as ``central_differences``;
+    each probe's loss is computed by the same operations as the scalar loss, so
+    the results agree to the last bit (with the BLAS tested here).  Falls back
+    to ``central_differences`` when ``_batched_ready`` says no.
+    """
+    loss = loss if loss is not None else (lambda p: cell.loss(p, batch))
+    work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
+    f0 = float(loss(work))
+    if not _batched_ready(cell, work, batch, f0, strict):
+        return central_differences(loss, params, names, scale=scale, elements=elements, out=out)
+    size = probe_chunk(cell, batch, chunk)
+    out = {} if out is None else out
+    for name in (names if names is not None else list(work)):
+        flat = work[name].reshape(-1)
+        steps = element_steps(flat, scale)
+        f_plus, f_minus = np.full(flat.size, np.nan), np.full(flat.size, np.nan)
+        for i in _chunks(_selected(elements, name, flat.size), size):
+            # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
+            values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
+            losses = cell.losses(_stack(work, name, np.repeat(i, 2), values), batch)
+            f_plus[i], f_minus[i] = losses[0::2], losses[1::2]
+        # (L(theta + h) - L(theta - h)) / 2h
+        value = (f_plus - f_minus) / (2.0 * steps)
+        with np.errstate(invalid="ignore"):
+            kinks = _kinks(f_plus, f_minus, f0, steps)
+        shape = work[name].shape
+        out[name] = NumericGradient(value.reshape(shape), kinks.reshape(shape))
+    return out
+
+
+# ------------------------------------------------------------------ complex step
+def complex_step_refusal(cell) -> str | None:
+    """Why the complex step cannot differentiate ``cell``, or None when it can.
+
+    cell: a cell; it opts in with a true ``supports_complex_step`` and may say why
+        not in ``complex_step_reason``.
+    """
+    if getattr(cell, "supports_complex_step", False):
+        return None
+    reason = getattr(cell, "complex_step_reason", None)
+    return reason or ("the cell does not declare supports_complex_step: the complex step needs a "
+                      "forward pass built from analytic, complex-safe functions")
+
+
+def _imaginary(value, what):
+    """Im of a loss evaluated at a complex point; refuse a loss that dropped it."""
+    if not np.iscomplexobj(value):
+        raise ComplexStepError(f"{what} returned a real number for complex parameters: it is not "
+                               "complex-safe (a float() or a real buffer drops the imaginary part)")
+    return np.imag(value)
+
+
+def complex_step(loss, params, names=None, *, step: float = COMPLEX_STEP, elements=None,
+                 out=None):
+    """``{name: NumericGradient}`` of a complex-safe ``loss`` by the complex step.
+
+    loss: callable taking a dict of complex128 arrays and returning a complex number.
+    params: the point of evaluation; not modified.
+    names: which parameters to differentiate; all by default.
+    step: the imaginary step h.
+    elements: ``{name: boolean mask or None}`` as in ``central_differences``.
+    out: a dict filled as each parameter is finished.
+
+    No kinks are flagged: the complex step presumes an analytic loss.
+    """
+    work = {k: np.array(v, dtype=np.complex128, order="C", copy=True) for k, v in params.items()}
+    out = {} if out is None else out
+    for name in (names if names is not None else list(work)):
+        theta = work[name]
+        flat = theta.reshape(-1)                    # a view: perturb in place
+        value = np.full(flat.size, np.nan)
+        for i in _selected(elements, name, flat.size):
+            old = flat[i]
+            flat[i] = old + 1j * step
+            # dL/dtheta_i = Im L(theta + i h e_i) / h
+            value[i] = _imaginary(loss(work), "the loss") / step
+            flat[i] = old
+        out[name] = NumericGradient(value.reshape(theta.shape), np.zeros(theta.shape, dtype=bool))
+    return out
+
+
+def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPLEX_STEP,
+                         chunk=None, elements=None, out=None, loss=None):
+    """``{name: NumericGradient}`` by the complex step, vectorised over ``cell.losses``.
+
+    cell: a cell with a true ``supports_complex_step`` (and ``losses`` to vectorise).
+    params: the point of evaluation; not modified.
+    batch: the batch the loss is evaluated on.
+    names: which parameters to differentiate; all by default.
+    step: the imaginary step h.
+    chunk: elements perturbed per vectorised pass (one probe each); None sizes it.
+    elements: ``{name: boolean mask or None}`` as in ``central_differences``.
+    out: a dict filled as each parameter is finished.
+    loss: the scalar loss for the one-at-a-time path (default: ``numeric_loss``).
+
+    Raises ComplexStepError when the cell does not support the complex step.
+    """
+    refusal = complex_step_refusal(cell)
+    if refusal:
+        raise ComplexStepError(refusal)
+    work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
+    if not _has_losses(cell):
+        loss = loss if loss is not None else numeric_loss(cell, work, batch)
+        return complex_step(loss, work, names, step=step, elements=elements, out=out)
+    size = 2 * probe_chunk(cell, batch, chunk)
+    out = {} if out is None else out
+    for name in (names if names is not None else list(work)):
+        flat = work[name].reshape(-1)
+        value = np.full(flat.size, np.nan)
+        for i in _chunks(_selected(elements, name, flat.size), size):
+            losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step), batch)
+            # dL/dtheta_i = Im L(theta + i h e_i) / h
+            value[i] = _imaginary(losses, "cell.losses") / step
+        out[name] = NumericGradient(value.reshape(work[name].shape),
+                                    np.zeros(work[name].shape, dtype=bool))
+    return out
+
+
+# --------------------------------------------------------------------- dispatch
+def numeric_loss(cell, params, batch):
+    """The loss the numeric oracle differentiates: ``cell.loss``, or the truncation surrogate.
+
+    cell: the cell (``truncation`` other than full selects the surrogate).
+    params: the point whose states the surrogate freezes.
+    batch: the batch.
+    """
+    from gradcheck.truncation import surrogate_loss
+
+    truncation = getattr(cell, "truncation", None)
+    if truncation is None or truncation.kind == "full":
+        return lambda p: cell.loss(p, batch)
+    return surrogate_loss(cell, params, batch, truncation)
+
+
+def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched",
+                     scale: float = STEP_SCALE, chunk=None, elements=None, out=None, loss=None):
+    """``{name: NumericGradient}`` of the numeric oracle, by ``method``.
+
+    cell: the cell; with truncated BPTT the truncation surrogate is differentiated.
+    params: the point of evaluation; not modified.
+    batch: the batch.
+    names: which parameters to differentiate; all by default.
+    method: "central" (one element at a time), "batched" (vectorised central
+        differences, the same numbers) or "complex" (the complex step).
+    scale: the relative step c of the central differences.
+    chunk: elements per vectorised pass; None sizes it.
+    elements: ``{name: boolean mask or None}``: only marked elements (the rest NaN).
+    out: a dict filled as each parameter is finished (what an interrupted run keeps).
+    loss: the scalar loss or truncation surrogate the one-at-a-time paths use
+        (default ``numeric_loss(cell, params, batch)``).
+
+    Raises ValueError for an unknown method, ComplexStepError when the cell
+    cannot take the complex step.
+    """
+    if method not in NUMERIC_METHODS:
+        raise ValueError(f"numeric method {method!r} is not one of {', '.join(NUMERIC_METHODS)}")
+    loss = loss if loss is not None else numeric_loss(cell, params, batch)
+    truncated = getattr(getattr(cell, "truncation", None), "kind", "full") != "full"
+    if method == "complex":
+        return batched_complex_step(cell, params, batch, names, chunk=chunk, elements=elements,
+                                    out=out, loss=loss)
+    if method == "batched" and not truncated:
+        return batched_central_differences(cell, params, batch, names, scale=scale, chunk=chunk,
+                                           elements=elements, out=out, loss=loss)
+    return central_differences(loss, params, names, scale=scale, elements=elements, out=out)

@@ -1,0 +1,350 @@
+"""Speed modes of the numeric oracle: batched finite differences, the complex step,
+and the directional ("fast") screen."""
+
+import numpy as np
+import pytest
+
+from cells import get_cell
+from cells.gru import GRU, GRUConfig
+from cells.lstm import LSTM, LSTMConfig
+from cells.stacked import HARD_GATE_NOT_ANALYTIC, probe_stack
+from cells.zoo.gru_bugs import BlogOutputMutatedGRU
+from conftest import make_case
+from gradcheck import check_gradients, function_cell
+from gradcheck.directional import directional_check, random_directions
+from gradcheck.finite_differences import (ComplexStepError, batched_central_differences,
+                                          batched_complex_step, central_differences,
+                                          complex_step, complex_step_refusal, numeric_gradient,
+                                          numeric_loss)
+from gradcheck.masks import make_mask
+
+CELLS = [
+    GRU(GRUConfig()),
+    GRU(GRUConfig(reset="after", update="new", readout="mean")),
+    GRU(GRUConfig(gate="hard", embedding=True, layers=2)),
+    GRU(GRUConfig(gate="hard", reset="after", readout="mean", layers=2)),
+    LSTM(LSTMConfig()),
+    LSTM(LSTMConfig(gate="hard", embedding=True, layers=2, readout="mean")),
+]
+SMOOTH = [c for c in CELLS if c.supports_complex_step]
+
+
+def cell_id(cell):
+    c = cell.config
+    return "-".join([cell.name, c.gate, c.readout, "emb" if c.embedding else "dense",
+                     f"L{c.layers}"] + ([c.reset, c.update] if cell.name == "gru" else []))
+
+
+def holey_case(cell, seed=0, steps=5, batch=3):
+    """Seeded parameters and a batch whose mask has a hole followed by a kept step."""
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    mask = make_mask("random", rng, steps, batch)
+    mask[1, 0], mask[2, 0] = 0, 1
+    return params, cell.sample_batch(rng, steps, batch, mask)
+
+
+def same(a, b):
+    return all(np.array_equal(a[k].value, b[k].value) and np.array_equal(a[k].kinks, b[k].kinks)
+               for k in a) and a.keys() == b.keys()
+
+
+# ---------------------------------------------------------------- batched losses
+@pytest.mark.parametrize("cell", CELLS, ids=cell_id)
+def test_losses_are_the_scalar_losses_to_the_bit(cell):
+    params, batch = holey_case(cell, seed=2)
+    rng = np.random.default_rng(0)
+    for name in params:
+        moved = params[name] + rng.normal(scale=1e-3, size=(4,) + params[name].shape)
+        stack = {k: np.broadcast_to(v, (4,) + v.shape) for k, v in params.items()}
+        stack[name] = moved
+        want = [cell.loss({**params, name: m}, batch) for m in moved]
+        assert cell.losses(stack, batch).tolist() == want, name
+
+
+def test_probe_stack_needs_one_probe_axis():
+    with pytest.raises(ValueError, match="same leading probe axis"):
+        probe_stack({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
+    P, stack = probe_stack({"W": np.broadcast_to(np.ones((2, 3)), (5, 2, 3)),
+                            "b": np.zeros((5, 3))})
+    assert P == 5 and stack["W"].shape == (2, 3) and stack["b"].shape == (5, 1, 3)
+
+
+# ------------------------------------------------------ batched central differences
+@pytest.mark.parametrize("cell", CELLS, ids=cell_id)
+@pytest.mark.parametrize("chunk", [1, 7, None])
+def test_batched_equals_one_at_a_time(cell, chunk):
+    params, batch = holey_case(cell)
+    scalar = central_differences(lambda p: cell.loss(p, batch), params)
+    batched = batched_central_differences(cell, params, batch, chunk=chunk)
+    assert same(scalar, batched)
+
+
+def test_batched_flags_the_same_kinks():
+    # put an update gate's pre-activation at step 0 on the kink at +2.5 (column 6 is
+    # block z, unit 1): perturbing its bias crosses it, and both paths must flag it
+    cell = GRU(GRUConfig(gate="hard"))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 3, 1)
+    params["b0"][6] = 2.5 - float(batch.x[0, 0] @ params["W0"][:, 6])
+    scalar = central_differences(lambda p: cell.loss(p, batch), params)
+    batched = batched_central_differences(cell, params, batch, chunk=4)
+    assert scalar["b0"].kinks[6] and same(scalar, batched)
+
+
+def test_batched_names_and_input_untouched():
+    cell = CELLS[2]
+    params, batch = make_case(cell)
+    saved = {k: v.copy() for k, v in params.items()}
+    out = batched_central_differences(cell, params, batch, names=["U1", "c"])
+    assert list(out) == ["U1", "c"]
+    assert all(np.array_equal(params[k], saved[k]) for k in params)
+
+
+def test_truncated_cells_take_the_surrogate_one_at_a_time():
+    cell = GRU(GRUConfig(truncate=2, truncation="window"))
+    params, batch = make_case(cell)
+    want = central_differences(numeric_loss(cell, params, batch), params)
+    assert same(numeric_gradient(cell, params, batch, method="batched"), want)
+
+
+def test_cells_without_losses_fall_back():
+    params = {"w": np.array([0.3, -1.2])}
+
+    def loss(p, b):
+        return float(np.sum(np.sin(p["w"]) * b.x.sum()))
+
+    batch = make_case(GRU(GRUConfig()))[1]
+    cell = function_cell(loss=loss, gradient=lambda p, b: {"w": np.cos(p["w"]) * b.x.sum()},
+                         params=params)
+    want = central_differences(lambda p: loss(p, batch), params)
+    assert same(batched_central_differences(cell, params, batch), want)
+
+
+def test_a_cell_that_overrides_the_forward_pass_falls_back():
+    # this broken cell computes its loss its own way (through a forward cache): the
+    # parent's vectorised losses are not its function, so the scalar path runs
+    cell = BlogOutputMutatedGRU(GRUConfig())
+    assert not cell.losses_match_loss and GRU(GRUConfig()).losses_match_loss
+    params, batch = make_case(cell)
+    want = central_differences(lambda p: cell.loss(p, batch), params)
+    assert same(batched_central_differences(cell, params, batch), want)
+
+
+def test_a_loss_that_is_not_a_function_of_its_inputs_falls_back():
+    # a loss that changes between calls: the vectorised loss at the unperturbed
+    # point is not the scalar one, so the scalar path runs
+    class Drifting(GRU):
+        calls = 0
+
+        def losses(self, params, batch):
+            Drifting.calls += 1
+            return super().losses(params, batch) + 1e-9 * Drifting.calls
+
+    cell = Drifting(GRUConfig())
+    params, batch = make_case(cell)
+    want = central_differences(lambda p: cell.loss(p, batch), params)
+    assert same(batched_central_differences(cell, params, batch), want)
+    assert Drifting.calls == 1
+
+
+# ------------------------------------------------------------------ complex step
+def rel_err(a, b):
+    return np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-300)
+
+
+@pytest.mark.parametrize("cell", SMOOTH, ids=cell_id)
+def test_complex_step_is_exact_to_rounding(cell):
+    params, batch = holey_case(cell, seed=1)
+    analytic = cell.gradient(params, batch)
+    numeric = batched_complex_step(cell, params, batch)
+    central = central_differences(lambda p: cell.loss(p, batch), params)
+    for name, g in analytic.items():
+        cs = numeric[name].value
+        # |cs - g| <= 1e-13 max(|cs|, |g|), apart from rounding of gradients near zero
+        assert np.all(np.abs(cs - g) <= 1e-13 * np.maximum(np.abs(cs), np.abs(g)) + 1e-16), name
+        assert np.allclose(cs, central[name].value, rtol=1e-6, atol=1e-9), name
+        assert not numeric[name].kinks.any()
+
+
+def test_scalar_and_batched_complex_step_agree():
+    cell = SMOOTH[1]
+    params, batch = make_case(cell)
+    a = complex_step(lambda p: cell.loss(p, batch), params)
+    b = batched_complex_step(cell, params, batch, chunk=5)
+    for name in a:
+        assert np.max(rel_err(a[name].value, b[name].value)) < 1e-13, name
+
+
+def test_complex_step_through_the_truncation_surrogate():
+    cell = LSTM(LSTMConfig(truncate=2, truncation="tail"))
+    params, batch = make_case(cell)
+    numeric = numeric_gradient(cell, params, batch, method="complex")
+    analytic = cell.gradient(params, batch)
+    assert all(np.allclose(numeric[k].value, analytic[k], rtol=1e-12, atol=1e-15) for k in analytic)
+
+
+@pytest.mark.parametrize("cls, config", [(GRU, GRUConfig), (LSTM, LSTMConfig)])
+def test_complex_step_refuses_the_hard_sigmoid(cls, config):
+    cell = cls(config(gate="hard"))
+    params, batch = make_case(cell)
+    assert not cell.supports_complex_step
+    assert complex_step_refusal(cell) == HARD_GATE_NOT_ANALYTIC
+    with pytest.raises(ComplexStepError, match="the hard sigmoid's clip is not"):
+        numeric_gradient(cell, params, batch, method="complex")
+    with pytest.raises(ComplexStepError, match="the hard sigmoid's clip is not"):
+        directional_check(cell, params, batch, cell.gradient(params, batch), method="complex")
+
+
+def test_complex_step_refuses_undeclared_cells_and_real_losses():
+    params = {"w": np.array([0.3])}
+    cell = function_cell(loss=lambda p, b: float(np.sum(p["w"] ** 2)),
+                         gradient=lambda p, b: {"w": 2 * p["w"]}, params=params)
+    assert "does not declare supports_complex_step" in complex_step_refusal(cell)
+    with pytest.raises(ComplexStepError, match="does not declare"):
+        batched_complex_step(cell, params, None)
+    with pytest.raises(ComplexStepError, match="not complex-safe"):
+        complex_step(lambda p: float(np.real(np.sum(p["w"] ** 2))), params)
+
+
+def test_unknown_numeric_method():
+    cell = CELLS[0]
+    params, batch = make_case(cell)
+    with pytest.raises(ValueError,
+                       match="numeric method 'fast' is not one of central, batched, complex"):
+        numeric_gradient(cell, params, batch, method="fast")
+
+
+# --------------------------------------------------------------- directional mode
+# the configuration each broken GRU needs to be visible (see tests/test_zoo.py)
+BUG_CONFIGS = {
+    "reset-gate-derivative": {},
+    "wrapped-time-index": {"layers": 2},
+    "elementwise-product": {},
+    "off-by-one-window": {"truncate": 2, "truncation": "window"},
+    "mask-ignored-in-backward": {"layers": 2, "holes": True},
+    "blog-reset-delta": {},
+    "blog-output-delta-every-layer": {"layers": 2},
+    "blog-hard-sigmoid-slope": {"gate": "hard"},
+    "blog-embedding-word": {"embedding": True, "layers": 2},
+    "blog-empty-loop": {},
+}
+
+
+def bug_case(bug, seed):
+    config = dict(BUG_CONFIGS[bug])
+    holes = config.pop("holes", False)
+    cell = get_cell("gru").make(GRUConfig(**config), bug)
+    params, batch = holey_case(cell, seed) if holes else make_case(cell, seed)
+    return cell, params, batch
+
+
+def test_every_bug_in_the_zoo_has_a_configuration():
+    assert set(BUG_CONFIGS) | {"blog-output-mutated"} == set(get_cell("gru").broken())
+
+
+@pytest.mark.parametrize("bug", sorted(BUG_CONFIGS))
+@pytest.mark.parametrize("method, kind", [("central", "gaussian"), ("central", "rademacher"),
+                                          ("complex", "gaussian")])
+def test_directional_catches_what_the_exact_check_catches(bug, method, kind):
+    for seed in range(3):
+        cell, params, batch = bug_case(bug, seed)
+        if method == "complex" and not cell.supports_complex_step:
+            pytest.skip("hard gates: no complex step")
+        exact = check_gradients(cell, params, batch, oracles="analytic,numeric", localise=False)
+        exact_failing = {c.parameter for c in exact.comparisons if not c.passed}
+        assert exact_failing, (bug, seed)
+        fast = directional_check(cell, params, batch, cell.gradient(params, batch),
+                                 method=method, kind=kind, seed=seed)
+        assert set(fast.fallback()) & exact_failing, (bug, seed, fast.summary())
+        assert set(fast.fallback()) <= exact_failing, (bug, seed, fast.summary())
+        assert fast.summary().startswith("fail:")
+
+
+def test_output_mutated_is_caught_before_any_numeric_oracle():
+    # this bug leaves the gradient right and corrupts the next loss instead; the
+    # harness's determinism check (loss, gradient, loss again) catches it in every mode
+    cell = BlogOutputMutatedGRU(GRUConfig())
+    params, batch = make_case(cell)
+    before = cell.loss(params, batch)
+    cell.loss_and_gradient(params, batch)
+    assert cell.loss(params, batch) != before
+
+
+GOOD = [GRU(GRUConfig(**v)) for v in (
+    {}, {"reset": "after", "update": "new", "readout": "mean"},
+    {"gate": "hard", "embedding": True, "layers": 2},
+    {"gate": "hard", "reset": "after", "layers": 2, "readout": "mean", "embedding": True},
+    {"truncate": 2, "truncation": "window", "layers": 2},
+    {"truncate": 2, "truncation": "tail", "gate": "hard"},
+)] + [LSTM(LSTMConfig(**v)) for v in (
+    {}, {"gate": "hard", "embedding": True, "layers": 2, "readout": "mean"},
+    {"truncate": 3, "truncation": "window"},
+)]
+
+
+@pytest.mark.parametrize("cell", GOOD, ids=lambda c: f"{cell_id(c)}-{c.truncation.describe()}")
+def test_directional_passes_on_correct_cells(cell):
+    for seed in range(3):
+        params, batch = holey_case(cell, seed)
+        g = cell.gradient(params, batch)
+        methods = ("central", "complex") if cell.supports_complex_step else ("central",)
+        for method in methods:
+            for kind in ("gaussian", "rademacher"):
+                r = directional_check(cell, params, batch, g, method=method, kind=kind, seed=seed)
+                assert r.passed, r.summary()
+
+
+def test_directional_result_names_blocks_and_is_seeded():
+    cell = get_cell("gru").make(GRUConfig(), "reset-gate-derivative")
+    params, batch = make_case(cell)
+    g = cell.gradient(params, batch)
+    a = directional_check(cell, params, batch, g, directions=3, seed=5)
+    b = directional_check(cell, params, batch, g, directions=3, seed=5)
+    assert a.as_dict() == b.as_dict()
+    assert a.probes == 2 * 3 * 11 + 1           # W0, U0, b0 in 3 blocks, V, c; +-; f0
+    failing_blocks = {(c.parameter, c.block) for c in a.checks if not c.passed}
+    assert ("U0", "r") in failing_blocks and ("V", None) not in failing_blocks
+    assert "U0 (block r)" in a.summary()
+    assert a.fallback() == a.failing()
+
+
+def test_random_directions():
+    cell = CELLS[0]
+    params, _ = make_case(cell)
+    dirs = random_directions(cell.param_specs(), params, directions=2, kind="rademacher")
+    assert len(dirs) == 2 * 11
+    d = dirs[0]
+    assert d.parameter == "W0" and d.block == "r"
+    assert set(np.unique(d.vector)) == {-1.0, 0.0, 1.0}
+    assert not d.vector[:, 5:].any()
+    with pytest.raises(ValueError, match="direction kind 'uniform'"):
+        random_directions(cell.param_specs(), params, kind="uniform")
+
+
+# ----------------------------------------------- drop-in for check_gradients' call
+def test_sampled_elements_and_partial_results_match_the_scalar_path():
+    cell = CELLS[1]
+    params, batch = holey_case(cell)
+    rng = np.random.default_rng(3)
+    elements = {"U0": rng.random(params["U0"].shape) < 0.2, "c": None}
+    done = {}
+    got = numeric_gradient(cell, params, batch, ["U0", "c"], elements=elements, out=done)
+    want = central_differences(lambda p: cell.loss(p, batch), params, ["U0", "c"],
+                               elements=elements)
+    assert done is got and list(done) == ["U0", "c"]
+    for name in want:
+        assert np.array_equal(got[name].value, want[name].value, equal_nan=True), name
+        assert np.array_equal(got[name].kinks, want[name].kinks), name
+    assert np.isnan(got["U0"].value[~elements["U0"]]).all()
+    cs = numeric_gradient(cell, params, batch, ["U0"], method="complex", elements=elements)
+    assert np.array_equal(np.isnan(cs["U0"].value), ~elements["U0"])
+
+
+def test_fortran_ordered_parameters():
+    cell = CELLS[0]
+    params, batch = make_case(cell)
+    fortran = {k: np.asfortranarray(v) for k, v in params.items()}
+    assert same(batched_central_differences(cell, fortran, batch),
+                central_differences(lambda p: cell.loss(p, batch), params))
