@@ -154,6 +154,14 @@ def make_parser() -> argparse.ArgumentParser:
                           "(test material; 'gradcheck list' names them)")
     how.add_argument("--backend", choices=("pytensor", "theano"), default="pytensor",
                      help="library of the symbolic (autodiff) cell; default pytensor")
+    how.add_argument("--mode", choices=("exact", "fast"), default="exact",
+                     help="exact: every element by finite differences; fast: random directions per "
+                          "gate block first, then the exact check only where they fail (default exact)")
+    how.add_argument("--numeric", choices=("batched", "central", "complex"), default="batched",
+                     help="numeric oracle: central differences batched through one forward pass, "
+                          "one probe at a time, or complex step (sigmoid gates only); default batched")
+    how.add_argument("--directions", type=_positive_int, default=2, metavar="K",
+                     help="random directions per gate block in fast mode (default 2)")
     how.add_argument("--max-elements", type=_positive_int, default=None, metavar="N",
                      help="differentiate at most N elements of each parameter numerically "
                           "(a seeded sample; default: all, or 4096 above 50,000 parameters)")
@@ -234,7 +242,8 @@ def _check_file_target(args):
                             batch=args.batch, seed=args.seed)
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
                              oracles=args.oracles or case.oracles, atol=args.atol, rtol=args.rtol,
-                             max_elements=args.max_elements,
+                             max_elements=args.max_elements, mode=args.mode,
+                             numeric_method=args.numeric, directions=args.directions,
                              seed=case.seed if case.seed is not None else args.seed,
                              cell_info={"target": args.cell, **case.info})
     result.command = shlex.join(["gradcheck", "check", args.cell, "--steps", str(args.steps),
@@ -262,7 +271,8 @@ def _run_check(args) -> int:
             args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
             mask=args.mask or "none", oracles=args.oracles or ORACLES, bug=args.bug,
             atol=args.atol, rtol=args.rtol, backend=args.backend,
-            max_elements=args.max_elements, **config)
+            max_elements=args.max_elements, mode=args.mode, numeric_method=args.numeric,
+            directions=args.directions, **config)
     doc = result.as_dict()
     if args.json:
         print(json.dumps(doc, indent=2))

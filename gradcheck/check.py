@@ -21,7 +21,9 @@ from itertools import combinations
 import numpy as np
 
 from gradcheck.compare import Comparison, compare_gradients
-from gradcheck.finite_differences import central_differences, step_size_curve
+from gradcheck.directional import directional_check
+from gradcheck.finite_differences import (central_differences, complex_step_refusal,
+                                          numeric_gradient, step_size_curve)
 from gradcheck.localise import Localisation
 from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
@@ -79,6 +81,8 @@ class CheckResult:
     localisation: "Localisation | None" = None
     defects: list[str] = field(default_factory=list)
     interrupted: bool = False
+    mode: str = "exact"
+    directional: dict | None = None
     gradients: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     step_curve: dict | None = None
     blocks: dict[str, dict] = field(default_factory=dict)
@@ -173,6 +177,8 @@ class CheckResult:
             "odd_one_out": self.odd_one_out(),
             "forward_agrees": self.forward_ok,
             "defects": self.defects,
+            "mode": self.mode,
+            "directional": self.directional,
             "losses": self.losses,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "notes": self.notes,
@@ -285,7 +291,8 @@ def _validate_inputs(cell, specs, params, batch) -> None:
 
 def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=None,
                     rtol=None, seed=None, cell_info=None, localise: bool = True,
-                    max_elements: int | None = None) -> CheckResult:
+                    max_elements: int | None = None, mode: str = "exact",
+                    numeric_method: str = "batched", directions: int = 2) -> CheckResult:
     """Compare the gradients of ``cell`` at ``params`` on ``batch`` across oracles.
 
     cell: has ``param_specs()``, ``loss(params, batch)`` and ``gradient(params, batch)``.
@@ -303,6 +310,12 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         time step (see :mod:`gradcheck.localise`), when the cell exposes what that needs.
     max_elements: differentiate at most this many elements of each parameter numerically
         (a seeded sample; the others are compared between analytic and autodiff only).
+    mode: "exact" (every element) or "fast" (random directions per gate block first,
+        then the exact check for the parameters whose directions fail only).
+    numeric_method: "batched" (central differences, many probes per forward pass where
+        the cell offers ``losses``), "central" (one probe at a time) or "complex"
+        (complex step, exact to rounding; cells of analytic functions only).
+    directions: random directions per parameter block in fast mode.
 
     A KeyboardInterrupt while the oracles run returns the partial result
     (``interrupted`` set) instead of raising.
@@ -312,6 +325,16 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     oracles = parse_oracles(oracles)
     if "autodiff" in oracles and symbolic is None:
         raise ValueError("the autodiff oracle needs a symbolic cell (symbolic=...)")
+    if mode not in ("exact", "fast"):
+        raise ValueError(f"mode={mode!r} is not one of exact, fast")
+    if numeric_method not in ("batched", "central", "complex"):
+        raise ValueError(f"numeric_method={numeric_method!r} is not one of batched, central, complex")
+    if mode == "fast" and "analytic" not in oracles:
+        raise ValueError("fast mode screens the analytic gradient: include the analytic oracle")
+    if numeric_method == "complex" and "numeric" in oracles:
+        reason = complex_step_refusal(cell)
+        if reason:
+            raise ValueError(reason)
     specs = cell.param_specs()
     _validate_inputs(cell, specs, params, batch)
     tolerances = {s.name: resolve_tolerance(np.asarray(params[s.name]).dtype, atol, rtol)
@@ -323,6 +346,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     sampled = {s.name: _sample(s, max_elements, rng) for s in specs}
 
     grads, losses, timings, kinks, defects, numeric_done = {}, {}, {}, {}, [], {}
+    screen = None
     interrupted = False
     saved_params = {k: np.array(v, copy=True) for k, v in params64.items()}
     saved_batch = _arrays_of(batch)
@@ -349,8 +373,16 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                   "the autodiff oracle")
             validate_params(specs, grads["autodiff"], what="autodiff gradient")
         if "numeric" in oracles:
-            _, timings["numeric"] = _timed("numeric", lambda: central_differences(
-                numeric_loss, params64, elements=sampled, out=numeric_done))
+            names = None
+            if mode == "fast":
+                screen, timings["directional"] = _timed("numeric", lambda: directional_check(
+                    cell, params64, batch, grads["analytic"], tolerances=tolerances,
+                    directions=directions, seed=seed if seed is not None else 0,
+                    method="complex" if numeric_method == "complex" else "central"))
+                names = screen.fallback()   # only these get the element-by-element check
+            _, timings["numeric"] = _timed("numeric", lambda: numeric_gradient(
+                cell, params64, batch, names, method=numeric_method, elements=sampled,
+                out=numeric_done, loss=numeric_loss))
     except KeyboardInterrupt:
         interrupted = True
     if numeric_done:
@@ -376,7 +408,10 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                          forward_ok=forward_ok, gradients=grads, defects=defects,
                          blocks={s.name: {"names": list(s.blocks), "axis": s.block_axis}
                                  for s in specs if s.blocks},
-                         interrupted=interrupted)
+                         interrupted=interrupted, mode=mode)
+    if screen is not None:
+        result.directional = screen.as_dict()
+        result.notes.append(screen.summary())
     if interrupted:
         done = sorted({c.parameter for c in comparisons})
         result.notes.append(f"interrupted: partial result, compared {len(done)} of "
@@ -385,7 +420,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     if any(m is not None for m in sampled.values()):
         result.notes.append(f"numeric oracle sampled: at most {max_elements} elements per "
                             "parameter (seeded), the rest compared without it")
-    if "numeric" in grads:
+    if any("numeric" in c.oracles for c in comparisons):
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
     result.notes += _zero_gradient_notes(specs, grads)
     if localise and {"analytic", "numeric"} <= set(oracles):
@@ -420,8 +455,8 @@ def _sample(spec, max_elements, rng):
 def _zero_gradient_notes(specs, grads) -> list[str]:
     """Hints for gradients that are exactly zero: in every oracle, or in the analytic only."""
     notes = []
-    silent = [s.name for s in specs if s.size and all(
-        not np.any(np.nan_to_num(grads[o][s.name])) for o in grads)]
+    silent = [s.name for s in specs if s.size and all(s.name in grads[o] for o in grads)
+              and all(not np.any(np.nan_to_num(grads[o][s.name])) for o in grads)]
     if silent:
         notes.append(
             f"the gradient of {', '.join(silent)} is exactly zero in every oracle: "
@@ -431,7 +466,7 @@ def _zero_gradient_notes(specs, grads) -> list[str]:
     if "analytic" in grads:
         others = [o for o in grads if o != "analytic"]
         dead = [s.name for s in specs if s.size and not np.any(grads["analytic"][s.name])
-                and any(np.any(np.nan_to_num(grads[o][s.name])) for o in others)]
+                and any(np.any(np.nan_to_num(grads[o].get(s.name, 0.0))) for o in others)]
         if dead:
             notes.append(
                 f"the analytic gradient of {', '.join(dead)} is exactly zero where "

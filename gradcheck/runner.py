@@ -69,7 +69,9 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
 def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: int | None = 0,
                   mask: str = "none", oracles=ORACLES, atol=None, rtol=None,
                   backend: str = "pytensor", bug: str | None = None,
-                  max_elements: int | None = None, **config) -> CheckResult:
+                  max_elements: int | None = None, mode: str = "exact",
+                  numeric_method: str = "batched", directions: int = 2,
+                  **config) -> CheckResult:
     """Check the built-in cell ``name`` on seeded random parameters and data.
 
     name: a key of ``cells.CELLS`` ("gru").
@@ -82,6 +84,7 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     rtol: relative tolerance override (scalar or ``{dtype: value}``).
     backend: the symbolic backend, "pytensor" or "theano".
     bug: check one of the cell's deliberately broken variants instead (``gradcheck list``).
+    mode, numeric_method, directions: see ``gradcheck.check_gradients``.
     max_elements: numeric oracle on at most this many elements per parameter; by default
         all of them, or a sample of 4096 when the cell has over 50,000 parameters.
     config: the cell's configuration fields (see its config class).
@@ -111,7 +114,8 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
         info["bug"] = bug
     result = check_gradients(cell, params, data, symbolic=symbolic, oracles=oracles,
                              atol=atol, rtol=rtol, seed=seed, cell_info=info,
-                             max_elements=max_elements)
+                             max_elements=max_elements, mode=mode,
+                             numeric_method=numeric_method, directions=directions)
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
                                        seed=seed, oracles=oracles, atol=atol, rtol=rtol,
                                        mask=mask, bug=bug, backend=backend)
