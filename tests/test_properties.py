@@ -107,3 +107,16 @@ def test_lstm_three_oracles_agree_on_random_configs(case):
     cell, params, batch, seed = case
     result = check_gradients(cell, params, batch, symbolic=SymbolicLSTM(cell.config), seed=seed)
     assert count_correct(result), result.summary()
+
+
+@settings(max_examples=100)
+@given(cases(truncation="draw", min_classes=2), st.sampled_from(sorted(BROKEN_GRUS)))
+def test_a_broken_cell_never_passes_fast_mode(case, bug):
+    cell, params, batch, seed = case
+    broken = BROKEN_GRUS[bug](cell.config)
+    wrong, true = broken.gradient(params, batch), cell.gradient(params, batch)
+    tol = resolve_tolerance(np.float64)
+    assume(any(not agree(wrong[n], true[n], tol).all() for n in params))
+    result = check_gradients(broken, params, batch, oracles="analytic,numeric", seed=seed,
+                             mode="fast", localise=False)
+    assert count_broken(result), f"{bug} passed fast mode: {result.summary()}"
