@@ -37,7 +37,6 @@ from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
-from gradcheck.truncation import parse_truncation
 
 __all__ = ["GRUConfig", "GRU", "RESETS", "UPDATES", "READOUTS"]
 
@@ -91,28 +90,14 @@ class GRU(StackedCell):
 
     name = "gru"
 
-    def __init__(self, config: GRUConfig | None = None, **kwargs):
-        self.config = config if config is not None else GRUConfig(**kwargs)
-        self.gate, self.gate_grad = GATES[self.config.gate]
-        self.truncation = parse_truncation(self.config.truncate, self.config.truncation)
+    config_class = GRUConfig
+    gate_blocks = GATE_BLOCKS
 
-    # ----------------------------------------------------------------- layout
-    def param_specs(self) -> list[ParamSpec]:
-        c = self.config
-        H = c.hidden_size
-        specs = []
-        if c.embedding:
-            specs.append(ParamSpec("E", (c.vocab, c.input_size), layer=-1))
-        for l in range(c.layers):
-            d_in = c.input_size if l == 0 else H
-            specs.append(ParamSpec(f"W{l}", (d_in, 3 * H), GATE_BLOCKS, 1, layer=l))
-            specs.append(ParamSpec(f"U{l}", (H, 3 * H), GATE_BLOCKS, 1, layer=l))
-            specs.append(ParamSpec(f"b{l}", (3 * H,), GATE_BLOCKS, 0, layer=l))
-            if c.reset == "after":
-                specs.append(ParamSpec(f"bn{l}", (H,), ("h",), 0, layer=l))
-        specs.append(ParamSpec("V", (H, c.classes)))
-        specs.append(ParamSpec("c", (c.classes,)))
-        return specs
+    def _extra_layer_specs(self, l) -> list[ParamSpec]:
+        """reset="after" has the recurrent candidate's own bias bn (H,)."""
+        if self.config.reset != "after":
+            return []
+        return [ParamSpec(f"bn{l}", (self.config.hidden_size,), ("h",), 0, layer=l)]
 
     # -------------------------------------------------- one step, and its BPTT
     def _layer_step(self, l, params, h, xp_t, m_t):

@@ -36,7 +36,6 @@ from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
-from gradcheck.truncation import parse_truncation
 
 __all__ = ["LSTMConfig", "LSTM", "READOUTS"]
 
@@ -82,26 +81,8 @@ class LSTM(StackedCell):
 
     name = "lstm"
 
-    def __init__(self, config: LSTMConfig | None = None, **kwargs):
-        self.config = config if config is not None else LSTMConfig(**kwargs)
-        self.gate, self.gate_grad = GATES[self.config.gate]
-        self.truncation = parse_truncation(self.config.truncate, self.config.truncation)
-
-    # ----------------------------------------------------------------- layout
-    def param_specs(self) -> list[ParamSpec]:
-        c = self.config
-        H = c.hidden_size
-        specs = []
-        if c.embedding:
-            specs.append(ParamSpec("E", (c.vocab, c.input_size), layer=-1))
-        for l in range(c.layers):
-            d_in = c.input_size if l == 0 else H
-            specs.append(ParamSpec(f"W{l}", (d_in, 4 * H), GATE_BLOCKS, 1, layer=l))
-            specs.append(ParamSpec(f"U{l}", (H, 4 * H), GATE_BLOCKS, 1, layer=l))
-            specs.append(ParamSpec(f"b{l}", (4 * H,), GATE_BLOCKS, 0, layer=l))
-        specs.append(ParamSpec("V", (H, c.classes)))
-        specs.append(ParamSpec("c", (c.classes,)))
-        return specs
+    config_class = LSTMConfig
+    gate_blocks = GATE_BLOCKS
 
     # -------------------------------------------------- one step, and its BPTT
     def _layer_step(self, l, params, s, xp_t, m_t):

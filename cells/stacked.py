@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cells.activations import log_softmax
+from cells.activations import GATES, log_softmax
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
 from gradcheck.truncation import parse_truncation
@@ -110,9 +110,35 @@ def validate_config(config, choices) -> None:
 class StackedCell:
     """Inputs, readout and BPTT driver of a stacked cell (see the module docstring)."""
 
+    config_class: type = None           # the cell's config dataclass
+    gate_blocks: tuple[str, ...] = ()   # the blocks of W, U and b, in order
+
+    def __init__(self, config=None, **kwargs):
+        self.config = config if config is not None else self.config_class(**kwargs)
+        self.gate, self.gate_grad = GATES[self.config.gate]
+        self.truncation = parse_truncation(self.config.truncate, self.config.truncation)
+
     # ------------------------------------------------------------------- data
     def param_specs(self) -> list[ParamSpec]:
-        raise NotImplementedError
+        """E (with an embedding); per layer W, U, b holding ``gate_blocks``; then V, c."""
+        c = self.config
+        H, G = c.hidden_size, len(self.gate_blocks)
+        specs = []
+        if c.embedding:
+            specs.append(ParamSpec("E", (c.vocab, c.input_size), layer=-1))
+        for l in range(c.layers):
+            d_in = c.input_size if l == 0 else H
+            specs.append(ParamSpec(f"W{l}", (d_in, G * H), self.gate_blocks, 1, layer=l))
+            specs.append(ParamSpec(f"U{l}", (H, G * H), self.gate_blocks, 1, layer=l))
+            specs.append(ParamSpec(f"b{l}", (G * H,), self.gate_blocks, 0, layer=l))
+            specs += self._extra_layer_specs(l)
+        specs.append(ParamSpec("V", (H, c.classes)))
+        specs.append(ParamSpec("c", (c.classes,)))
+        return specs
+
+    def _extra_layer_specs(self, l) -> list[ParamSpec]:
+        """Parameters of layer l beyond W, U and b (none here)."""
+        return []
 
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Random float64 parameters: N(0, 1/fan_in) weights, N(0, 0.25) biases.
