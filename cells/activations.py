@@ -14,18 +14,18 @@ __all__ = ["GATES", "sigmoid", "sigmoid_grad", "hard_sigmoid", "hard_sigmoid_gra
 
 
 def sigmoid(a):
-    """sigma(a) = 1 / (1 + exp(-a)), computed without overflow; complex-safe.
+    """sigma(a) = 1 / (1 + exp(-a)); complex-safe.
 
-    With e = exp(-|a|) (for complex a, the branch follows Re a)::
+    Real a: four passes over the array (negate, exp, add one, reciprocal).
+    exp(-a) overflows to inf for a < -709 (float64), and 1 / (1 + inf) = 0 is
+    the right limit, so the overflow warning is silenced rather than avoided.
 
-        sigma(a) = 1 / (1 + e)   where a >= 0      (e = exp(-a))
-        sigma(a) = e / (1 + e)   where a <  0      (e = exp(a))
+    Complex a (the complex step): with e = exp(-|a|), the branch following Re a::
 
-    The numerator is max(e, sign(a)): 1 where a > 0, e where a < 0, and
-    max(1, 0) = 1 at a = 0.  These are the formulas of a boolean-mask split,
-    elementwise, so real results are the same to the bit; without mask
-    assignment, complex inputs keep their imaginary part (the complex step)
-    and a leading probe axis needs nothing special.
+        sigma(a) = 1 / (1 + e)   where Re a >= 0      (e = exp(-a))
+        sigma(a) = e / (1 + e)   where Re a <  0      (e = exp(a))
+
+    which keeps the imaginary part and never overflows.
     """
     a = np.asarray(a)
     if np.iscomplexobj(a):
@@ -34,14 +34,11 @@ def sigmoid(a):
         return np.where(pos, 1.0, e) / (1.0 + e)
     if a.ndim == 0:
         return sigmoid(a.reshape(1)).reshape(())
-    e = np.abs(a)
-    np.negative(e, out=e)                                       # -|a| is exactly -a or a
-    np.exp(e, out=e)
-    out = np.sign(a)
-    np.maximum(e, out, out=out)
-    e += 1.0
-    out /= e
-    return out
+    out = np.negative(a)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)                                    # exp(-a), inf far left
+    out += 1.0
+    return np.reciprocal(out, out=out)
 
 
 def sigmoid_grad(a, g):

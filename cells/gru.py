@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cells.activations import GATES, tanh_grad_from_output
-from cells.stacked import READOUTS, StackedCell, validate_config
+from cells.stacked import READOUTS, StackedCell, add_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
 
@@ -101,28 +101,38 @@ class GRU(StackedCell):
 
     # -------------------------------------------------- one step, and its BPTT
     def _layer_step(self, l, params, h, xp_t, m_t):
-        """h_t of layer l from h = h_{t-1} (..., B, H) and xp_t = x_t W + b (..., B, 3H).
+        """h_t of layer l from h = h_{t-1} (..., B, H) and xp_t = x_t W + b.
+
+        xp_t: the pair ``(xp_rz, xp_h)``, x_t W + b of the gates r | z (..., B, 2H)
+            and of the candidate (..., B, H); each block is kept contiguous, so
+            that the gate arithmetic runs over contiguous arrays.
+        m_t: the step's mask (B,), or None when every sequence is on (h_t = h'_t).
 
         Leading axes are probes (see ``losses``): ``U`` may be (P, H, 3H) and
         ``bn`` (P, 1, H).  Returns h_t and what the step's backward needs.
         """
         H = self.config.hidden_size
         U = params[f"U{l}"]                                     # (H, 3H) r | z | h
+        xp_rz, xp_h = xp_t
+        # a_{r|z} = x W_{r|z} + b_{r|z} + h U_{r|z}: one product for both gates
+        a_rz = add_into(h @ U[..., :2 * H], xp_rz)              # (B, 2H)
+        rz = self.gate(a_rz)
+        r, z = rz[..., :H], rz[..., H:]
         if self.config.reset == "before":
-            a_rz = xp_t[..., :2 * H] + h @ U[..., :2 * H]       # (B, 2H) gate pre-activations
-            rz = self.gate(a_rz)
-            r, z = rz[..., :H], rz[..., H:]
             q = None
-            n = np.tanh(xp_t[..., 2 * H:] + (r * h) @ U[..., 2 * H:])   # (B, H)
+            n = (r * h) @ U[..., 2 * H:]                        # (r h) U_h  (B, H)
         else:
-            hU = h @ U                                          # (B, 3H): one product, three blocks
-            a_rz = xp_t[..., :2 * H] + hU[..., :2 * H]
-            rz = self.gate(a_rz)
-            r, z = rz[..., :H], rz[..., H:]
-            q = hU[..., 2 * H:] + params[f"bn{l}"]              # (B, H)
-            n = np.tanh(xp_t[..., 2 * H:] + r * q)
-        k = z if self.config.update == "old" else 1.0 - z       # the weight of h_{t-1}
-        h_new = (1.0 - k) * n + k * h
+            q = add_into(h @ U[..., 2 * H:], params[f"bn{l}"])   # h U_h + bn  (B, H)
+            n = r * q
+        n = add_into(n, xp_h)
+        np.tanh(n, out=n)                                       # n = tanh(a_h)
+        # h' = (1 - z) n + z h = n + z (h - n) (update "old");  h' = h + z (n - h) ("new")
+        if self.config.update == "old":
+            h_new = add_into((h - n) * z, n)
+        else:
+            h_new = add_into((n - h) * z, h)
+        if m_t is None:                                         # every sequence on: h_t = h'_t
+            return h_new, (a_rz, rz, n, q, None)
         mt = m_t[:, None]                                       # (B, 1)
         return mt * h_new + (1.0 - mt) * h, (a_rz, rz, n, q, mt)
 
@@ -137,29 +147,35 @@ class GRU(StackedCell):
         U = params[f"U{l}"]
         a_rz, rz, n, q, mt = step_cache
         r, z = rz[:, :H], rz[:, H:]
-        # h_t = m h'_t + (1 - m) h_{t-1}
-        dh_new = mt * dh
-        dh_prev = (1.0 - mt) * dh
+        # h_t = m h'_t + (1 - m) h_{t-1};  mt None: every sequence on, h_t = h'_t
+        dh_new = dh if mt is None else mt * dh
         # h'_t = (1 - k) n + k h_{t-1},  k = z (update "old") or 1 - z (update "new")
         k = z if self.config.update == "old" else 1.0 - z
-        dn = dh_new * (1.0 - k)
-        dk = dh_new * (h - n)
+        dh_prev = dh_new * k
+        dn = dh_new - dh_prev                                   # dh_new (1 - k)
+        if mt is not None:
+            dh_prev += (1.0 - mt) * dh
+        dk = h - n
+        dk *= dh_new                                            # dh_new (h - n)
         dz = dk if self.config.update == "old" else -dk
-        dh_prev += dh_new * k
         # n = tanh(a_h)
-        da_h = dn * tanh_grad_from_output(n)                    # (B, H)
+        da_h = tanh_grad_from_output(n)
+        da_h *= dn                                              # (B, H)
         # r = g(a_r), z = g(a_z);  a_r = x W_r + h U_r + b_r, likewise a_z
         gp = self.gate_grad(a_rz, rz)                           # (B, 2H)
         da_r = self._reset_gate_delta(da_h, h, q, U, gp[:, :H])
         da_z = dz * gp[:, H:]
+        da = np.concatenate([da_r, da_z, da_h], axis=1)         # (B, 3H)
         if q is None:
             # a_h = x W_h + b_h + (r * h) U_h
             dh_prev += (da_h @ U[:, 2 * H:].T) * r
-            dh_prev += np.concatenate([da_r, da_z], axis=1) @ U[:, :2 * H].T
+            dh_prev += da[:, :2 * H] @ U[:, :2 * H].T
         else:
             # a_h = x W_h + b_h + r * q,  q = h U_h + bn: dq = da_h * r, one product for r | z | h
-            dh_prev += np.concatenate([da_r, da_z, da_h * r], axis=1) @ U.T
-        return dh_prev, np.concatenate([da_r, da_z, da_h], axis=1)   # (B, H), (B, 3H)
+            dq = da.copy()
+            dq[:, 2 * H:] *= r
+            dh_prev += dq @ U.T
+        return dh_prev, da                                      # (B, H), (B, 3H)
 
     def _recurrent_grads(self, l, cache, dxp, steps, grads):
         """Add the gradients of U (and bn) from dL/dxp_t of ``steps`` (a range), at once.
@@ -176,14 +192,19 @@ class GRU(StackedCell):
         r = np.stack([cache["steps"][t][1][:, :H] for t in steps])
         da = dxp[steps.start:steps.stop]                        # (n, B, 3H)
         dU = grads[f"U{l}"]
-        dU[:, :H] += self._outer(h, da[..., :H])
-        dU[:, H:2 * H] += self._outer(h, da[..., H:2 * H])
         if self.config.reset == "before":
-            dU[:, 2 * H:] += self._outer(r * h, da[..., 2 * H:])
+            dU[:, :2 * H] += self._recurrent_outer(h, da[..., :2 * H])
+            dU[:, 2 * H:] += self._recurrent_outer(r * h, da[..., 2 * H:])
         else:
-            dq = da[..., 2 * H:] * r
-            dU[:, 2 * H:] += self._outer(h, dq)
-            grads[f"bn{l}"] += dq.sum(axis=(0, 1))
+            dq = da.copy()                                      # [da_r | da_z | dq]
+            dq[..., 2 * H:] *= r
+            dU += self._recurrent_outer(h, dq)                  # one product for r | z | h
+            grads[f"bn{l}"] += dq[..., 2 * H:].sum(axis=(0, 1))
+
+    def _recurrent_outer(self, h, d):
+        """sum_t h_t^T d_t for U's gradient: (n, B, H), (n, B, G) -> (H, G), gate blocks
+        side by side (a method, so that a broken variant can get one block wrong)."""
+        return self._outer(h, d)
 
     def _reset_gate_delta(self, da_h, h, q, U, slope_r):
         """dL/da_r: through n's pre-activation a_h, times the reset gate's slope.
@@ -205,7 +226,8 @@ class GRU(StackedCell):
         new = []
         for l, h in enumerate(state):
             xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (B, 3H)
-            h_t, _ = self._layer_step(l, params, h, xp_t, m_t)
+            H2 = 2 * self.config.hidden_size
+            h_t, _ = self._layer_step(l, params, h, (xp_t[:, :H2], xp_t[:, H2:]), m_t)
             new.append(h_t)
             x_t = h_t
         return new
@@ -224,14 +246,20 @@ class GRU(StackedCell):
         """
         H = self.config.hidden_size
         T, B = mask.shape
-        xp = self._project(x, params[f"W{l}"], params[f"b{l}"])  # (..., T, B, 3H) all steps at once
+        W, b = params[f"W{l}"], params[f"b{l}"]
+        # x_t W + b of all steps at once, gates r | z and candidate apart (contiguous blocks)
+        xp_rz = self._project(x, W[..., :2 * H], b[..., :2 * H])   # (..., T, B, 2H)
+        xp_h = self._project(x, W[..., 2 * H:], b[..., 2 * H:])    # (..., T, B, H)
         own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
-        lead = np.broadcast_shapes(xp.shape[:-3], *(np.shape(p)[:-2] for p in own))
+        lead = np.broadcast_shapes(xp_rz.shape[:-3], *(np.shape(p)[:-2] for p in own))
         # hs[t + 1] = h_t, hs[0] = h_{-1} = 0; complex under the complex step
-        hs = np.zeros((T + 1,) + lead + (B, H), dtype=np.result_type(xp, *own))
+        hs = np.zeros((T + 1,) + lead + (B, H), dtype=np.result_type(xp_rz, *own))
         steps, store = [], []
+        on = self._steps_all_on(mask)
         for t in range(T):
-            hs[t + 1], step_cache = self._layer_step(l, params, hs[t], xp[..., t, :, :], mask[t])
+            m_t = None if on[t] else mask[t]                    # None: no blend with h_{t-1}
+            xp_t = (xp_rz[..., t, :, :], xp_h[..., t, :, :])
+            hs[t + 1], step_cache = self._layer_step(l, params, hs[t], xp_t, m_t)
             if keep_steps:
                 steps.append(self._keep_step(store, t, T, step_cache))
         return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps)

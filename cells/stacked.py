@@ -43,7 +43,7 @@ from gradcheck.params import ParamSpec, validate_params
 from gradcheck.truncation import parse_truncation
 
 __all__ = ["StackedCell", "validate_config", "probe_stack", "READOUTS", "SIZE_FIELDS",
-           "HARD_GATE_NOT_ANALYTIC"]
+           "HARD_GATE_NOT_ANALYTIC", "add_into"]
 
 READOUTS = ("lm", "mean")
 SIZE_FIELDS = ("input_size", "hidden_size", "layers", "classes", "vocab")
@@ -79,6 +79,19 @@ def probe_stack(params) -> tuple[int, dict[str, np.ndarray]]:
         else:
             stack[name] = value
     return P, stack
+
+
+def add_into(a, b):
+    """a + b, written into ``a`` when it can hold the result (its shape, its dtype).
+
+    a: a fresh array the caller owns (no other reference sees it change).
+    b: what to add; a leading probe axis or a complex dtype that a lacks gives a
+        new array instead (NumPy refuses such an in-place add before writing).
+    """
+    try:
+        return np.add(a, b, out=a)
+    except (ValueError, TypeError):
+        return a + b
 
 
 def _loss_value(loss):
@@ -208,17 +221,20 @@ class StackedCell:
 
     @staticmethod
     def _project(x, W, b):
-        """x_t W + b for all steps: x (..., T, B, D) -> (..., T, B, G).
+        """x_t W + b for all steps: x (..., T, B, D) -> (..., T, B, G), one product.
 
-        One (B, D) @ (D, G) product per step, exactly the product the step
-        interface computes, so ``forward`` and ``step`` agree to the bit.  A
-        stacked W (P, D, G) or b (P, 1, G) applies one matrix per probe to every step.
+        The steps are stacked as rows, (T B, D) @ (D, G).  A stacked W (P, D, G)
+        or b (P, 1, G) applies one matrix per probe to every step.
         """
-        if W.ndim == 3:
-            W = W[:, None]                                      # (P, 1, D, G)
-        if np.ndim(b) == 3:
-            b = b[:, None]                                      # (P, 1, 1, G)
-        return x @ W + b
+        T, B, D = x.shape[-3:]
+        xp = x.reshape(x.shape[:-3] + (T * B, D)) @ W           # (..., T B, G)
+        xp = add_into(xp, b)
+        return xp.reshape(xp.shape[:-2] + (T, B, xp.shape[-1]))
+
+    @staticmethod
+    def _steps_all_on(mask) -> np.ndarray:
+        """(T,) True where every sequence of the step is on (its mask row is all ones)."""
+        return np.all(np.asarray(mask) == 1.0, axis=1)
 
     # ---------------------------------------------------------------- readout
     def readout_loss(self, params, top, batch: Batch) -> float:

@@ -72,6 +72,12 @@ class ElementwiseProductGRU(GRU):
         # the bug: sum_i x_i * d_i, broadcast over the rows, instead of sum_i x_i (outer) d_i
         return np.broadcast_to((x2 * d2).sum(axis=0), (x2.shape[1], d2.shape[1])).copy()
 
+    def _recurrent_outer(self, h, d):
+        # U's gradient comes as one product for all gate blocks: the bug in each H x H block
+        H = h.shape[-1]
+        return np.concatenate([self._outer(h, d[..., k:k + H]) for k in range(0, d.shape[-1], H)],
+                              axis=1)
+
 
 class OffByOneWindowGRU(GRU):
     """Wrong truncation window: BPTT(k) written as ``range(t - k + 1, t + 1)``, so the
@@ -95,7 +101,7 @@ class MaskIgnoredInBackwardGRU(GRU):
 
     def _layer_step_backward(self, l, params, dh, h, step_cache, grads):
         a_rz, rz, n, q, mt = step_cache
-        unmasked = (a_rz, rz, n, q, np.ones_like(mt))   # the bug: m_t taken as 1
+        unmasked = (a_rz, rz, n, q, None)   # the bug: m_t taken as 1 (None: every sequence on)
         return super()._layer_step_backward(l, params, dh, h, unmasked, grads)
 
 
