@@ -196,6 +196,35 @@ def torch_fwd_bwd(loss_fn, inputs):
 
 
 # ---------------------------------------------------------------- sections
+CLI_EXACT = ["check", "gru", "--steps", "20", "--batch", "8", "--input", "16", "--hidden", "32",
+             "--classes", "2", "--reset", "after", "--oracles", "analytic,numeric"]
+
+TORCH_EXACT_SNIPPET = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from benchmarks.run import SMALL, torch_case
+loss_fn, inputs, _ = torch_case(**SMALL)
+assert torch.autograd.gradcheck(loss_fn, inputs)
+"""
+
+
+def process_time(argv, repeats: int) -> float:
+    """Median wall time of running ``argv`` as a new process (it must exit 0).
+
+    argv: the command.
+    repeats: how many runs.
+    """
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(argv, cwd=root, env=env, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def section_a(args, out):
     print("\n(a) exact gradient check, GRU(16, 32), T=20, B=8")
     cell, params, batch = project_case(**SMALL)
@@ -203,15 +232,24 @@ def section_a(args, out):
     res = [row(f"exact, batched numeric ({n} params)",
                median_time(lambda: exact_check(cell, params, batch), args.repeats), None)]
     scalar = median_time(lambda: check_gradients(cell, params, batch, oracles="analytic,numeric",
-                                                 localise=False), 1, warmup=False)
-    res.append(row("check_gradients today (one at a time, 1 run)", scalar, None))
+                                                 numeric_method="central", localise=False),
+                         1, warmup=False)
+    res.append(row("exact, one element at a time (1 run)", scalar, None))
+    root = Path(__file__).resolve().parents[1]
+    # whole processes: what a user runs (interpreter, imports, the check, the report)
+    ours_process = process_time([sys.executable, str(root / "cli.py")] + CLI_EXACT, args.repeats)
+    res.append(row("whole process: gradcheck " + " ".join(CLI_EXACT[:2]) + " ...", ours_process,
+                   None))
     if torch is not None and not args.skip_torch_exact:
         loss_fn, inputs, _ = torch_case(**SMALL)
         m = sum(t.numel() for t in inputs)
         theirs = median_time(lambda: torch.autograd.gradcheck(loss_fn, inputs),
                              args.torch_exact_repeats, warmup=False)
         res[0] = row(f"exact vs torch gradcheck ({m} params)", res[0]["gradcheck_s"], theirs)
-        res.append(row("check_gradients today vs torch gradcheck", scalar, theirs))
+        res[1] = row("one at a time vs torch gradcheck", scalar, theirs)
+        theirs_process = process_time([sys.executable, "-c", TORCH_EXACT_SNIPPET, str(root)],
+                                      args.torch_exact_repeats)
+        res[2] = row("whole process vs torch script", ours_process, theirs_process)
     out["a"] = res
 
 

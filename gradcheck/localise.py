@@ -160,17 +160,34 @@ def format_steps(steps: list[int], total: int) -> str:
     return ("step " if len(steps) == 1 else "steps ") + ", ".join(runs)
 
 
-def _run(cell, params, batch, at=None, step_params=None, offset=None):
-    """Loss through the step interface.
+def _base_run(cell, params, batch):
+    """The unperturbed pass through the step interface: ``(states, outputs)``.
 
-    step_params: parameters used at step ``at`` only (untied across time).
-    offset: ``(layer, delta)`` added to the state carried out of step ``at``.
+    states[t] is the state entering step t (states[0] the initial state);
+    outputs[t] what the readout sees after step t.  A run perturbed at step
+    ``at`` shares everything before it, so it starts from states[at].
     """
     T, B = batch.mask.shape
     x = cell.embed(params, batch)
-    state = cell.initial_state(B)
-    outs = []
+    states, outs = [cell.initial_state(B)], []
     for t in range(T):
+        states.append(cell.step(params, states[t], x[t], batch.mask[t]))
+        outs.append(cell.output(states[t + 1]))
+    return states, outs
+
+
+def _run(cell, params, batch, base, at, step_params=None, offset=None):
+    """Loss through the step interface, perturbed at step ``at`` only.
+
+    base: ``_base_run`` of the unperturbed parameters (steps before ``at`` are taken from it).
+    step_params: parameters used at step ``at`` only (untied across time).
+    offset: ``(layer, delta)`` added to the state carried out of step ``at``.
+    """
+    T = batch.mask.shape[0]
+    x = cell.embed(params, batch)
+    states, outs = base
+    state, outs = states[at], list(outs[:at])
+    for t in range(at, T):
         p, x_t = params, x[t]
         if step_params is not None and t == at:
             p, x_t = step_params, cell.embed(step_params, batch)[t]
@@ -207,6 +224,7 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
     adjoints = details["state_adjoints"]
     T = batch.mask.shape[0]
     rng = np.random.default_rng(seed)
+    base = _base_run(cell, params, batch)
 
     rows = []
     for spec in specs:
@@ -228,7 +246,7 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
                 def f(e, name=name, v=v, t=t):
                     moved = dict(params)
                     moved[name] = params[name] + e * v
-                    return _run(cell, params, batch, at=t, step_params=moved)
+                    return _run(cell, params, batch, base, t, step_params=moved)
                 numeric = _directional(f)
                 ex = _excess(analytic, numeric, tol)
                 if ex >= step_excess[i, t]:
@@ -244,7 +262,7 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
                 u = rng.choice([-1.0, 1.0], size=adj[t].shape)
                 analytic = float(np.sum(adj[t] * u))
                 numeric = _directional(
-                    lambda e, t=t, u=u, layer=layer: _run(cell, params, batch, at=t,
+                    lambda e, t=t, u=u, layer=layer: _run(cell, params, batch, base, t,
                                                           offset=(layer, e * u)))
                 ex = _excess(analytic, numeric, tol)
                 if ex >= adjoint_excess[layer, t]:
