@@ -33,6 +33,8 @@ examples:
       the cuDNN/torch reset convention, hard-sigmoid gates, mean pooling, 2 layers
   gradcheck check gru --embedding --vocab 50 --steps 12 --seed 7 --json
       token-id inputs through an embedding; one JSON object on stdout
+  gradcheck check gru --embedding --vocab 20000 --embedding-sample 32
+      a large embedding: its used rows in full, 32 unused rows sampled numerically
   gradcheck check gru --oracles analytic,numeric --atol 1e-8
       no symbolic backend needed; a tighter absolute tolerance
   gradcheck check gru --steps 9 --truncate 3 --truncation window --mask lengths
@@ -50,11 +52,16 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _positive_int(text):
+def _integer(text, alternative=""):
+    """``int(text)``, or the argparse error that it is not an integer (or ``alternative``)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer{alternative}") from None
+
+
+def _positive_int(text):
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
@@ -71,22 +78,25 @@ def _positive_float(text):
 
 
 def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if not 0 <= value < 2 ** 63:
         raise argparse.ArgumentTypeError(f"{text} must be between 0 and 2**63 - 1")
     return value
 
 
 def _truncate(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _integer(text)
     if value == 0 or value < -1:
         raise argparse.ArgumentTypeError(f"{text} must be -1 (full BPTT) or at least 1")
+    return value
+
+
+def _embedding_sample(text):
+    if text == "all":
+        return None
+    value = _integer(text, " or 'all'")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more, or 'all'")
     return value
 
 
@@ -165,6 +175,11 @@ def make_parser() -> argparse.ArgumentParser:
     how.add_argument("--max-elements", type=_positive_int, default=None, metavar="N",
                      help="differentiate at most N elements of each parameter numerically "
                           "(a seeded sample; default: all, or 4096 above 50,000 parameters)")
+    how.add_argument("--embedding-sample", type=_embedding_sample, default=8, metavar="N|all",
+                     help="embedding rows the batch does not use to differentiate numerically "
+                          "(a seeded sample); the rows it uses are differentiated in full and "
+                          "every unused row's analytic gradient must be exactly 0; 'all' "
+                          "differentiates every row (default 8)")
     how.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     how.add_argument("--html", metavar="PATH", default=None,
                      help="also write a self-contained HTML report to PATH")
@@ -244,6 +259,7 @@ def _check_file_target(args):
                              oracles=args.oracles or case.oracles, atol=args.atol, rtol=args.rtol,
                              max_elements=args.max_elements, mode=args.mode,
                              numeric_method=args.numeric, directions=args.directions,
+                             embedding_sample=args.embedding_sample,
                              seed=case.seed if case.seed is not None else args.seed,
                              cell_info={"target": args.cell, **case.info})
     result.command = shlex.join(["gradcheck", "check", args.cell, "--steps", str(args.steps),
@@ -272,7 +288,7 @@ def _run_check(args) -> int:
             mask=args.mask or "none", oracles=args.oracles or ORACLES, bug=args.bug,
             atol=args.atol, rtol=args.rtol, backend=args.backend,
             max_elements=args.max_elements, mode=args.mode, numeric_method=args.numeric,
-            directions=args.directions, **config)
+            directions=args.directions, embedding_sample=args.embedding_sample, **config)
     doc = result.as_dict()
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -138,7 +138,7 @@ class StackedCell:
         H, G = c.hidden_size, len(self.gate_blocks)
         specs = []
         if c.embedding:
-            specs.append(ParamSpec("E", (c.vocab, c.input_size), layer=-1))
+            specs.append(ParamSpec("E", (c.vocab, c.input_size), layer=-1, rows_indexed_by="x"))
         for l in range(c.layers):
             d_in = c.input_size if l == 0 else H
             specs.append(ParamSpec(f"W{l}", (d_in, G * H), self.gate_blocks, 1, layer=l))

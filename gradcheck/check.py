@@ -27,6 +27,8 @@ from gradcheck.finite_differences import (central_differences, complex_step_refu
 from gradcheck.localise import Localisation
 from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
+from gradcheck.sparse_rows import (EMBEDDING_SAMPLE, ROW_SAMPLE_STREAM, plan_sparse_rows,
+                                   probe_unused_rows, sample_mask, validate_embedding_sample)
 from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
 
@@ -86,6 +88,7 @@ class CheckResult:
     gradients: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     step_curve: dict | None = None
     blocks: dict[str, dict] = field(default_factory=dict)
+    sparse_rows: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -186,6 +189,7 @@ class CheckResult:
             "versions": versions(),
             "comparisons": [c.as_dict() for c in self.comparisons],
             "blocks": self.blocks,
+            "sparse_rows": [check.as_dict() for check in self.sparse_rows],
             "step_curve": self.step_curve,
             "gradients": {oracle: {name: np.asarray(g, dtype=np.float64).tolist()
                                    for name, g in grads.items()}
@@ -292,7 +296,8 @@ def _validate_inputs(cell, specs, params, batch) -> None:
 def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=None,
                     rtol=None, seed=None, cell_info=None, localise: bool = True,
                     max_elements: int | None = None, mode: str = "exact",
-                    numeric_method: str = "batched", directions: int = 2) -> CheckResult:
+                    numeric_method: str = "batched", directions: int = 2,
+                    embedding_sample: int | None = EMBEDDING_SAMPLE) -> CheckResult:
     """Compare the gradients of ``cell`` at ``params`` on ``batch`` across oracles.
 
     cell: has ``param_specs()``, ``loss(params, batch)`` and ``gradient(params, batch)``.
@@ -309,13 +314,19 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     localise: with analytic and numeric oracles, also localise errors to gate block and
         time step (see :mod:`gradcheck.localise`), when the cell exposes what that needs.
     max_elements: differentiate at most this many elements of each parameter numerically
-        (a seeded sample; the others are compared between analytic and autodiff only).
+        (a seeded sample; the others are compared between analytic and autodiff only);
+        for an embedding checked sparsely, drawn from its used and sampled rows.
     mode: "exact" (every element) or "fast" (random directions per gate block first,
         then the exact check for the parameters whose directions fail only).
     numeric_method: "batched" (central differences, many probes per forward pass where
         the cell offers ``losses``), "central" (one probe at a time) or "complex"
         (complex step, exact to rounding; cells of analytic functions only).
     directions: random directions per parameter block in fast mode.
+    embedding_sample: for a parameter read by row lookup (``ParamSpec.rows_indexed_by``,
+        an embedding), how many of the rows the batch does not use to differentiate
+        numerically (seeded); the used rows are differentiated in full, and the analytic
+        and autodiff gradients must be exactly zero on every unused row (see
+        :mod:`gradcheck.sparse_rows`).  None: every unused row differentiated too.
 
     A KeyboardInterrupt while the oracles run returns the partial result
     (``interrupted`` set) instead of raising.
@@ -329,6 +340,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         raise ValueError(f"mode={mode!r} is not one of exact, fast")
     if numeric_method not in ("batched", "central", "complex"):
         raise ValueError(f"numeric_method={numeric_method!r} is not one of batched, central, complex")
+    validate_embedding_sample(embedding_sample)
     if mode == "fast" and "analytic" not in oracles:
         raise ValueError("fast mode screens the analytic gradient: include the analytic oracle")
     if numeric_method == "complex" and "numeric" in oracles:
@@ -343,7 +355,13 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     params64 = {k: np.array(v, dtype=np.float64, order="C") for k, v in params.items()}
     native = {k: np.array(v) for k, v in params.items()}
     rng = np.random.default_rng(seed if seed is not None else 0)
-    sampled = {s.name: _sample(s, max_elements, rng) for s in specs}
+    row_rng = np.random.default_rng([seed if seed is not None else 0, ROW_SAMPLE_STREAM])
+    row_checks = {s.name: plan_sparse_rows(s, batch, embedding_sample, row_rng) for s in specs
+                  if s.rows_indexed_by is not None}
+    within = {s.name: row_checks[s.name].element_mask(s.shape) for s in specs
+              if s.name in row_checks}
+    sampled = {s.name: _sample(s, max_elements, rng, within.get(s.name)) for s in specs}
+    capped = [name for name, mask in sampled.items() if mask is not within.get(name)]
 
     grads, losses, timings, kinks, defects, numeric_done = {}, {}, {}, {}, [], {}
     screen = None
@@ -383,11 +401,15 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             _, timings["numeric"] = _timed("numeric", lambda: numeric_gradient(
                 cell, params64, batch, names, method=numeric_method, elements=sampled,
                 out=numeric_done, loss=numeric_loss))
+            for check in row_checks.values():
+                check.direction, _ = _timed("numeric", lambda check=check: probe_unused_rows(
+                    check, numeric_loss, params64, tolerances[check.parameter], row_rng))
     except KeyboardInterrupt:
         interrupted = True
     if numeric_done:
         grads["numeric"] = {k: v.value for k, v in numeric_done.items()}
         kinks = {k: v.kinks for k, v in numeric_done.items()}
+    defects += _judge_sparse_rows(row_checks, grads, numeric_done, sampled, within, tolerances)
 
     forward_ok = True
     if "symbolic" in losses:
@@ -408,7 +430,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                          forward_ok=forward_ok, gradients=grads, defects=defects,
                          blocks={s.name: {"names": list(s.blocks), "axis": s.block_axis}
                                  for s in specs if s.blocks},
-                         interrupted=interrupted, mode=mode)
+                         interrupted=interrupted, mode=mode,
+                         sparse_rows=list(row_checks.values()))
     if screen is not None:
         result.directional = screen.as_dict()
         result.notes.append(screen.summary())
@@ -417,9 +440,10 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         result.notes.append(f"interrupted: partial result, compared {len(done)} of "
                             f"{len(specs)} parameters ({', '.join(done) or 'none'})")
         return result
-    if any(m is not None for m in sampled.values()):
+    if capped:
         result.notes.append(f"numeric oracle sampled: at most {max_elements} elements per "
                             "parameter (seeded), the rest compared without it")
+    result.notes += [check.note() for check in row_checks.values()]
     if any("numeric" in c.oracles for c in comparisons):
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
     result.notes += _zero_gradient_notes(specs, grads)
@@ -429,7 +453,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     truncation = getattr(cell, "truncation", FULL)
     analytic_vs_numeric = [c for c in comparisons if c.oracles == ("analytic", "numeric")]
     if truncation.kind != "full" and any(not c.passed for c in analytic_vs_numeric):
-        note = diagnose_truncation(cell, params64, batch, truncation, grads["analytic"], tolerances)
+        note = diagnose_truncation(cell, params64, batch, truncation, grads["analytic"], tolerances,
+                                   elements=sampled)
         if note:
             result.notes.append(note)
     return result
@@ -443,13 +468,42 @@ def _numeric_loss(cell, params64, batch):
     return surrogate_loss(cell, params64, batch, truncation)
 
 
-def _sample(spec, max_elements, rng):
-    """A boolean mask of the elements to differentiate numerically, or None for all."""
-    if max_elements is None or spec.size <= max_elements:
-        return None
-    mask = np.zeros(spec.size, dtype=bool)
-    mask[rng.choice(spec.size, size=max_elements, replace=False)] = True
-    return mask.reshape(spec.shape)
+def _sample(spec, max_elements, rng, within=None):
+    """A boolean mask of the elements to differentiate numerically, or None for all.
+
+    spec: the parameter's ParamSpec.
+    max_elements: at most this many elements (None: no limit).
+    rng: the numpy Generator that draws them.
+    within: the candidate elements (a boolean mask), or None for every element; it is
+        returned as it is when it holds at most ``max_elements``.
+    """
+    count = spec.size if within is None else int(np.count_nonzero(within))
+    if max_elements is None or count <= max_elements:
+        return within
+    candidates = np.ones(spec.shape, dtype=bool) if within is None else within
+    return sample_mask(candidates, max_elements, rng)
+
+
+def _judge_sparse_rows(row_checks, grads, numeric_done, sampled, within, tolerances) -> list[str]:
+    """Judge the unused rows of every parameter checked sparsely; the violations' sentences.
+
+    row_checks: ``{name: SparseRowCheck}``.
+    grads: ``{oracle: {name: array}}``, the gradients the oracles gave.
+    numeric_done: ``{name: NumericGradient}`` of the parameters differentiated numerically.
+    sampled: ``{name: mask or None}``, the elements the numeric oracle differentiated.
+    within: ``{name: mask or None}``, the used and sampled rows' elements.
+    tolerances: ``{name: Tolerance}``.
+    """
+    found = []
+    for name, check in row_checks.items():
+        if name in numeric_done:
+            mask = sampled[name]
+            check.numeric_elements = int(numeric_done[name].value.size if mask is None
+                                         else np.count_nonzero(mask))
+            check.capped = mask is not within[name]
+        check.judge(grads, numeric_done.get(name), tolerances[name], sampled[name])
+        found += check.messages()
+    return found
 
 
 def _zero_gradient_notes(specs, grads) -> list[str]:
@@ -475,23 +529,41 @@ def _zero_gradient_notes(specs, grads) -> list[str]:
     return notes
 
 
-def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances) -> str | None:
+def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances,
+                        elements=None) -> str | None:
     """When a truncated analytic gradient fails, find the truncation it does match.
 
     Tries k - 1, k + 1, the other semantics at k, and full BPTT, each against the
     finite differences of its own surrogate.
+
+    cell: the cell, with the step interface the surrogates need.
+    params: the point of evaluation, float64.
+    batch: the batch.
+    truncation: the truncation the cell claims.
+    analytic: its analytic gradient, ``{name: array}``.
+    tolerances: ``{name: Tolerance}``.
+    elements: ``{name: boolean mask or None}``: differentiate and compare only these
+        elements (the check's sample); None: every element.
     """
     kind, k = truncation.kind, truncation.k
     other = "tail" if kind == "window" else "window"
     candidates = ([Truncation(kind, k - 1)] if k > 1 else []) + [
         Truncation(kind, k + 1), Truncation(other, k), FULL]
     for alt in candidates:
-        numeric = central_differences(surrogate_loss(cell, params, batch, alt), params)
-        if all(agree(analytic[name], numeric[name].value, tolerances[name]).all()
+        numeric = central_differences(surrogate_loss(cell, params, batch, alt), params,
+                                      elements=elements)
+        if all((agree(analytic[name], numeric[name].value, tolerances[name])
+                | ~_chosen(elements, name, numeric[name].value.shape)).all()
                for name in analytic):
             return (f"the analytic gradient matches {alt.describe()} instead of "
                     f"{truncation.describe()}: the hand BPTT's truncation is off")
     return None
+
+
+def _chosen(elements, name, shape) -> np.ndarray:
+    """The elements of ``name`` that ``elements`` marks (every one when it marks none)."""
+    mask = (elements or {}).get(name)
+    return np.ones(shape, dtype=bool) if mask is None else mask
 
 
 def _step_curve(result, loss, params, grads):

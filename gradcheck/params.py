@@ -28,6 +28,10 @@ class ParamSpec:
     block_axis: the axis the blocks are laid along.
     layer: the stacked layer the parameter belongs to (-1 below the first, as an
         embedding; ``None`` for the readout).
+    rows_indexed_by: for a parameter the forward pass reads by row lookup only
+        (an embedding, ``E[batch.x]``), the name of the batch array holding the
+        integer row ids; rows not named there cannot reach the loss.  ``None``:
+        a dense parameter.
     """
 
     name: str
@@ -35,9 +39,16 @@ class ParamSpec:
     blocks: tuple[str, ...] | None = None
     block_axis: int = -1
     layer: int | None = None
+    rows_indexed_by: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        if self.rows_indexed_by is not None and (
+                not isinstance(self.rows_indexed_by, str) or not self.rows_indexed_by
+                or not self.shape):
+            raise ValueError(
+                f"parameter {self.name!r}: rows_indexed_by={self.rows_indexed_by!r} must name "
+                "the batch array of row ids, and the parameter must have rows")
         if self.blocks is not None:
             axis_len = self.shape[self.block_axis]
             if axis_len % len(self.blocks):

@@ -9,6 +9,7 @@ import numpy as np
 
 from gradcheck.check import ORACLES, CheckResult, check_gradients, parse_oracles
 from gradcheck.masks import MASKS, make_mask
+from gradcheck.sparse_rows import EMBEDDING_SAMPLE
 
 __all__ = ["check_builtin", "reproduce_command"]
 
@@ -40,7 +41,8 @@ def _refuse_if_too_large(specs, config, steps, batch) -> None:
 
 
 def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol,
-                      mask="none", bug=None, backend="pytensor") -> str:
+                      mask="none", bug=None, backend="pytensor",
+                      embedding_sample=EMBEDDING_SAMPLE) -> str:
     """The CLI command that repeats this check exactly."""
     flag = {"input_size": "--input", "hidden_size": "--hidden"}
     args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
@@ -60,6 +62,8 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
         args += ["--backend", backend]
     if tuple(oracles) != ORACLES:
         args += ["--oracles", ",".join(oracles)]
+    if config.get("embedding") and embedding_sample != EMBEDDING_SAMPLE:
+        args += ["--embedding-sample", "all" if embedding_sample is None else str(embedding_sample)]
     for opt, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not isinstance(value, dict):
             args += [opt, repr(float(value))]
@@ -71,7 +75,7 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
                   backend: str = "pytensor", bug: str | None = None,
                   max_elements: int | None = None, mode: str = "exact",
                   numeric_method: str = "batched", directions: int = 2,
-                  **config) -> CheckResult:
+                  embedding_sample: int | None = EMBEDDING_SAMPLE, **config) -> CheckResult:
     """Check the built-in cell ``name`` on seeded random parameters and data.
 
     name: a key of ``cells.CELLS`` ("gru").
@@ -84,7 +88,7 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     rtol: relative tolerance override (scalar or ``{dtype: value}``).
     backend: the symbolic backend, "pytensor" or "theano".
     bug: check one of the cell's deliberately broken variants instead (``gradcheck list``).
-    mode, numeric_method, directions: see ``gradcheck.check_gradients``.
+    mode, numeric_method, directions, embedding_sample: see ``gradcheck.check_gradients``.
     max_elements: numeric oracle on at most this many elements per parameter; by default
         all of them, or a sample of 4096 when the cell has over 50,000 parameters.
     config: the cell's configuration fields (see its config class).
@@ -115,8 +119,10 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     result = check_gradients(cell, params, data, symbolic=symbolic, oracles=oracles,
                              atol=atol, rtol=rtol, seed=seed, cell_info=info,
                              max_elements=max_elements, mode=mode,
-                             numeric_method=numeric_method, directions=directions)
+                             numeric_method=numeric_method, directions=directions,
+                             embedding_sample=embedding_sample)
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
                                        seed=seed, oracles=oracles, atol=atol, rtol=rtol,
-                                       mask=mask, bug=bug, backend=backend)
+                                       mask=mask, bug=bug, backend=backend,
+                                       embedding_sample=embedding_sample)
     return result
