@@ -131,10 +131,12 @@ class GRU(StackedCell):
             h_new = add_into((h - n) * z, n)
         else:
             h_new = add_into((n - h) * z, h)
+        # the sigmoid's slope needs its output only; the hard sigmoid's needs a
+        a_kept = a_rz if self.config.gate != "sigmoid" else None
         if m_t is None:                                         # every sequence on: h_t = h'_t
-            return h_new, (a_rz, rz, n, q, None)
+            return h_new, (a_kept, rz, n, q, None)
         mt = m_t[:, None]                                       # (B, 1)
-        return mt * h_new + (1.0 - mt) * h, (a_rz, rz, n, q, mt)
+        return mt * h_new + (1.0 - mt) * h, (a_kept, rz, n, q, mt)
 
     def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None):
         """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t).
