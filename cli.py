@@ -384,6 +384,8 @@ def _run_list(args) -> int:
 def main(argv=None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
+    from gradcheck.process_memory import keep_freed_memory
+    keep_freed_memory()         # large arrays reuse freed pages (glibc; same numbers)
     try:
         if args.command == "check":
             return _run_check(args)

@@ -38,6 +38,7 @@ from gradcheck.check import check_gradients  # noqa: E402
 from gradcheck.compare import compare_gradients  # noqa: E402
 from gradcheck.directional import directional_check  # noqa: E402
 from gradcheck.finite_differences import numeric_gradient  # noqa: E402
+from gradcheck.process_memory import keep_freed_memory  # noqa: E402
 from gradcheck.tolerance import resolve_tolerance  # noqa: E402
 
 __all__ = ["main", "exact_check", "fast_check", "median_time"]
@@ -291,6 +292,14 @@ def section_c(args, out):
         res.append(row(f"fwd+bwd {label}", ours, theirs))
         res.append(row(f"fwd only {label}", ours_fwd, theirs_fwd))
     out["c"] = res
+    if not args.default_malloc:
+        # the same section in a new process that leaves glibc's malloc as it is
+        print("  the same in a new process with glibc's default malloc thresholds:")
+        done = subprocess.run([sys.executable, __file__, "--sections", "c", "--default-malloc",
+                               "--repeats", str(args.repeats)], capture_output=True, text=True,
+                              check=True)
+        lines = done.stdout.split("(c) forward + backward")[-1].splitlines()[1:]
+        print("\n".join("  " + line for line in lines if line.strip().startswith("fwd")))
 
 
 SYMBOLIC_SNIPPET = """
@@ -362,6 +371,9 @@ def parse_args(argv=None):
     p.add_argument("--big", action="store_true",
                    help="(e) also at H=128 (56k parameters, about two minutes)")
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds alone (by default they are raised, "
+                        "as the gradcheck command does: gradcheck.process_memory)")
     return p.parse_args(argv)
 
 
@@ -379,7 +391,9 @@ def header():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    kept = False if args.default_malloc else keep_freed_memory()
     header()
+    print(f"freed memory kept in the process (as the gradcheck command does): {kept}")
     out = {}
     for name in args.sections.split(","):
         SECTIONS[name.strip()](args, out)
