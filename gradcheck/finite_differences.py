@@ -28,9 +28,12 @@ Three ways to run it, with the same numbers:
     many +h / -h perturbations in one vectorised forward pass, along a
     leading probe axis (``cell.losses``, see ``cells.stacked.StackedCell``);
     the per-probe Python overhead disappears and every loss is computed by
-    the same operations on the same numbers as ``cell.loss``.  Cells without
-    ``losses``, and truncated BPTT (its surrogate losses run through the step
-    interface), take the one-at-a-time path.
+    the same operations on the same numbers as ``cell.loss``.  The passes
+    run on ``probe_workers()`` threads (NumPy releases the GIL inside its
+    loops), the BLAS pool held to one thread meanwhile; each pass writes its
+    own results, so the numbers do not depend on the thread count.  Cells
+    without ``losses``, and truncated BPTT (its surrogate losses run through
+    the step interface), take the one-at-a-time path.
 
 ``complex_step(loss, params)``, ``batched_complex_step(cell, params, batch)``
     for a forward pass built from analytic functions, the complex step::
@@ -47,6 +50,9 @@ truncation surrogate when the cell truncates its BPTT) and the method.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +60,7 @@ import numpy as np
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
            "complex_step", "batched_complex_step", "complex_step_refusal", "numeric_gradient",
-           "numeric_loss", "probe_chunk", "step_size_curve"]
+           "numeric_loss", "probe_chunk", "probe_workers", "step_size_curve"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
 # one-sided differences disagreeing by more than this fraction flag a kink
@@ -64,8 +70,10 @@ COMPLEX_STEP = 1e-20
 # the numeric oracle's methods: one element at a time, vectorised, complex step
 NUMERIC_METHODS = ("central", "batched", "complex")
 # bytes of one per-step gate array across the probes of a vectorised pass:
-# small enough to stay in cache, large enough to amortise the Python per step
+# small enough to stay in cache, large enough to amortise the Python per step;
+# with several worker threads, larger, so that they seldom wait for the GIL
 PROBE_BYTES = 1 << 17
+PROBE_BYTES_THREADED = 1 << 21
 
 
 class ComplexStepError(ValueError):
@@ -166,13 +174,15 @@ def _kinks(f_plus, f_minus, f0, h):
     return np.abs(fwd - bwd) > bound
 
 
-def probe_chunk(cell, batch, chunk=None) -> int:
+def probe_chunk(cell, batch, chunk=None, workers: int = 1) -> int:
     """How many perturbed elements one vectorised pass takes (each gives one or two probes).
 
     cell: the cell (its ``config.hidden_size`` sizes the per-step arrays).
     batch: the batch (its size B).
     chunk: an explicit number, returned as is; None picks one so that a per-step
-        gate array over the probes holds about ``PROBE_BYTES``.
+        gate array over the probes holds about ``PROBE_BYTES`` (one worker) or
+        ``PROBE_BYTES_THREADED`` (several).
+    workers: how many threads run passes at once.
     """
     if chunk is not None:
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
@@ -180,7 +190,8 @@ def probe_chunk(cell, batch, chunk=None) -> int:
         return int(chunk)
     hidden = getattr(getattr(cell, "config", None), "hidden_size", 32)
     per_probe = 8 * 4 * hidden * max(1, batch.mask.shape[1])    # a (B, 4H) float64 array
-    return int(np.clip(PROBE_BYTES // (2 * per_probe), 1, 128))
+    target = PROBE_BYTES if workers <= 1 else PROBE_BYTES_THREADED
+    return int(np.clip(target // (2 * per_probe), 1, 256))
 
 
 def _stack(work, name, flat_index, values):
@@ -207,6 +218,46 @@ def _selected(elements, name, size) -> np.ndarray:
 def _chunks(indices, size):
     """``indices`` in consecutive pieces of at most ``size``."""
     return [indices[lo:lo + size] for lo in range(0, len(indices), size)]
+
+
+def probe_workers(workers=None) -> int:
+    """How many threads run vectorised passes at once.
+
+    workers: an explicit number, returned as is; None: the CPUs this process may
+        use, at most 4 (NumPy releases the GIL inside its loops, not between them).
+    """
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise ValueError(f"workers={workers!r} must be a positive integer")
+        return int(workers)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:                                      # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+@contextlib.contextmanager
+def _probe_pool(workers: int):
+    """Yields ``each(fn, items)``: ``fn`` over ``items`` on ``workers`` threads.
+
+    With several workers the BLAS pool is held to one thread meanwhile (the
+    products of a pass are small; its threads and ours would oversubscribe the
+    cores).  Each item writes its own slice of the results, so the numbers do
+    not depend on the order the passes finish in.  An exception (Ctrl-C too)
+    cancels the passes not yet started and reaches the caller.
+    """
+    if workers <= 1:
+        yield lambda fn, items: [fn(item) for item in items]
+        return
+    from threadpoolctl import threadpool_limits
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradcheck-probes")
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield lambda fn, items: list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _has_losses(cell) -> bool:
@@ -238,7 +289,7 @@ def _batched_ready(cell, work, batch, f0, strict=True) -> bool:
 
 def batched_central_differences(cell, params, batch, names=None, *, scale: float = STEP_SCALE,
                                 chunk=None, elements=None, out=None, loss=None,
-                                strict: bool = True):
+                                strict: bool = True, workers=None):
     """``{name: NumericGradient}``: central differences of the cell's loss, vectorised.
 
     cell: a cell with ``loss(params, batch)`` and, for the vectorised path,
@@ -254,6 +305,7 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
         value at ``params`` must match the vectorised one, and the fallback uses it.
     strict: use the vectorised path only when its unperturbed loss is the scalar
         loss to the bit (else to 1e-12 relative).
+    workers: threads running passes at once (``probe_workers``; 1: this thread only).
 
     Same steps, same formulas and the same kink flags as ``central_differences``;
     each probe's loss is computed by the same operations as the scalar loss, so
@@ -262,26 +314,32 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
     """
     loss = loss if loss is not None else (lambda p: cell.loss(p, batch))
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
-    f0 = float(loss(work))
-    if not _batched_ready(cell, work, batch, f0, strict):
-        return central_differences(loss, params, names, scale=scale, elements=elements, out=out)
-    size = probe_chunk(cell, batch, chunk)
-    out = {} if out is None else out
-    for name in (names if names is not None else list(work)):
-        flat = work[name].reshape(-1)
-        steps = element_steps(flat, scale)
-        f_plus, f_minus = np.full(flat.size, np.nan), np.full(flat.size, np.nan)
-        for i in _chunks(_selected(elements, name, flat.size), size):
-            # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
-            values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
-            losses = cell.losses(_stack(work, name, np.repeat(i, 2), values), batch)
-            f_plus[i], f_minus[i] = losses[0::2], losses[1::2]
-        # (L(theta + h) - L(theta - h)) / 2h
-        value = (f_plus - f_minus) / (2.0 * steps)
-        with np.errstate(invalid="ignore"):
-            kinks = _kinks(f_plus, f_minus, f0, steps)
-        shape = work[name].shape
-        out[name] = NumericGradient(value.reshape(shape), kinks.reshape(shape))
+    workers = probe_workers(workers) if _has_losses(cell) else 1
+    with _probe_pool(workers) as each:
+        f0 = float(loss(work))
+        if not _batched_ready(cell, work, batch, f0, strict):
+            return central_differences(loss, params, names, scale=scale, elements=elements,
+                                       out=out)
+        size = probe_chunk(cell, batch, chunk, workers)
+        out = {} if out is None else out
+        for name in (names if names is not None else list(work)):
+            flat = work[name].reshape(-1)
+            steps = element_steps(flat, scale)
+            f_plus, f_minus = np.full(flat.size, np.nan), np.full(flat.size, np.nan)
+
+            def one_pass(i, name=name, flat=flat, steps=steps, f_plus=f_plus, f_minus=f_minus):
+                # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
+                values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
+                losses = cell.losses(_stack(work, name, np.repeat(i, 2), values), batch)
+                f_plus[i], f_minus[i] = losses[0::2], losses[1::2]
+
+            each(one_pass, _chunks(_selected(elements, name, flat.size), size))
+            # (L(theta + h) - L(theta - h)) / 2h
+            value = (f_plus - f_minus) / (2.0 * steps)
+            with np.errstate(invalid="ignore"):
+                kinks = _kinks(f_plus, f_minus, f0, steps)
+            shape = work[name].shape
+            out[name] = NumericGradient(value.reshape(shape), kinks.reshape(shape))
     return out
 
 
@@ -337,7 +395,7 @@ def complex_step(loss, params, names=None, *, step: float = COMPLEX_STEP, elemen
 
 
 def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPLEX_STEP,
-                         chunk=None, elements=None, out=None, loss=None):
+                         chunk=None, elements=None, out=None, loss=None, workers=None):
     """``{name: NumericGradient}`` by the complex step, vectorised over ``cell.losses``.
 
     cell: a cell with a true ``supports_complex_step`` (and ``losses`` to vectorise).
@@ -349,6 +407,7 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
     elements: ``{name: boolean mask or None}`` as in ``central_differences``.
     out: a dict filled as each parameter is finished.
     loss: the scalar loss for the one-at-a-time path (default: ``numeric_loss``).
+    workers: threads running passes at once (``probe_workers``; 1: this thread only).
 
     Raises ComplexStepError when the cell does not support the complex step.
     """
@@ -359,17 +418,22 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
     if not _has_losses(cell):
         loss = loss if loss is not None else numeric_loss(cell, work, batch)
         return complex_step(loss, work, names, step=step, elements=elements, out=out)
-    size = 2 * probe_chunk(cell, batch, chunk)
+    workers = probe_workers(workers)
+    size = 2 * probe_chunk(cell, batch, chunk, workers)
     out = {} if out is None else out
-    for name in (names if names is not None else list(work)):
-        flat = work[name].reshape(-1)
-        value = np.full(flat.size, np.nan)
-        for i in _chunks(_selected(elements, name, flat.size), size):
-            losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step), batch)
-            # dL/dtheta_i = Im L(theta + i h e_i) / h
-            value[i] = _imaginary(losses, "cell.losses") / step
-        out[name] = NumericGradient(value.reshape(work[name].shape),
-                                    np.zeros(work[name].shape, dtype=bool))
+    with _probe_pool(workers) as each:
+        for name in (names if names is not None else list(work)):
+            flat = work[name].reshape(-1)
+            value = np.full(flat.size, np.nan)
+
+            def one_pass(i, name=name, flat=flat, value=value):
+                losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step), batch)
+                # dL/dtheta_i = Im L(theta + i h e_i) / h
+                value[i] = _imaginary(losses, "cell.losses") / step
+
+            each(one_pass, _chunks(_selected(elements, name, flat.size), size))
+            out[name] = NumericGradient(value.reshape(work[name].shape),
+                                        np.zeros(work[name].shape, dtype=bool))
     return out
 
 
@@ -390,7 +454,8 @@ def numeric_loss(cell, params, batch):
 
 
 def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched",
-                     scale: float = STEP_SCALE, chunk=None, elements=None, out=None, loss=None):
+                     scale: float = STEP_SCALE, chunk=None, elements=None, out=None, loss=None,
+                     workers=None):
     """``{name: NumericGradient}`` of the numeric oracle, by ``method``.
 
     cell: the cell; with truncated BPTT the truncation surrogate is differentiated.
@@ -405,6 +470,7 @@ def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched"
     out: a dict filled as each parameter is finished (what an interrupted run keeps).
     loss: the scalar loss or truncation surrogate the one-at-a-time paths use
         (default ``numeric_loss(cell, params, batch)``).
+    workers: threads running vectorised passes at once (None: ``probe_workers()``).
 
     Raises ValueError for an unknown method, ComplexStepError when the cell
     cannot take the complex step.
@@ -415,8 +481,8 @@ def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched"
     truncated = getattr(getattr(cell, "truncation", None), "kind", "full") != "full"
     if method == "complex":
         return batched_complex_step(cell, params, batch, names, chunk=chunk, elements=elements,
-                                    out=out, loss=loss)
+                                    out=out, loss=loss, workers=workers)
     if method == "batched" and not truncated:
         return batched_central_differences(cell, params, batch, names, scale=scale, chunk=chunk,
-                                           elements=elements, out=out, loss=loss)
+                                           elements=elements, out=out, loss=loss, workers=workers)
     return central_differences(loss, params, names, scale=scale, elements=elements, out=out)

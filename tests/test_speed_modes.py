@@ -375,3 +375,43 @@ print(kept, same)
     assert same == "True"
     if platform.libc_ver()[0] == "glibc":
         assert kept == "True"       # elsewhere it is allowed to decline
+
+
+# ------------------------------------------------------------ worker threads
+@pytest.mark.parametrize("cell", [CELLS[0], CELLS[3], CELLS[4]], ids=cell_id)
+def test_worker_threads_give_the_same_numbers(cell):
+    params, batch = holey_case(cell, seed=3)
+    one = batched_central_differences(cell, params, batch, chunk=3, workers=1)
+    three = batched_central_differences(cell, params, batch, chunk=3, workers=3)
+    assert same(one, three)
+    if cell.supports_complex_step:
+        assert same(batched_complex_step(cell, params, batch, chunk=2, workers=1),
+                    batched_complex_step(cell, params, batch, chunk=2, workers=3))
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_bad_worker_counts_are_refused(workers):
+    from gradcheck.finite_differences import probe_workers
+    with pytest.raises(ValueError, match=f"workers={workers!r} must be a positive integer"):
+        probe_workers(workers)
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest(error):
+    cell = CELLS[0]
+    params, batch = make_case(cell)
+    calls = {"n": 0}
+    original = type(cell).losses
+
+    class Failing(type(cell)):
+        def losses(self, stacked, batch):
+            calls["n"] += 1
+            if calls["n"] == 4:         # the readiness probe, then the third pass
+                raise error("in a pass")
+            return original(self, stacked, batch)
+
+    failing = Failing(cell.config)
+    with pytest.raises(error):
+        batched_central_differences(failing, params, batch, chunk=1, workers=2)
+    total = sum(v.size for v in params.values())
+    assert calls["n"] < total           # the passes not yet started were cancelled
