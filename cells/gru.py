@@ -170,7 +170,7 @@ class GRU(StackedCell):
         da = np.concatenate([da_r, da_z, da_h], axis=1)         # (B, 3H)
         if q is None:
             # a_h = x W_h + b_h + (r * h) U_h
-            dh_prev += (da_h @ U[:, 2 * H:].T) * r
+            dh_prev += self._candidate_state_adjoint(da_h, U[:, 2 * H:], r)
             dh_prev += da[:, :2 * H] @ U[:, :2 * H].T
         else:
             # a_h = x W_h + b_h + r * q,  q = h U_h + bn: dq = da_h * r, one product for r | z | h
@@ -207,6 +207,12 @@ class GRU(StackedCell):
         """sum_t h_t^T d_t for U's gradient: (n, B, H), (n, B, G) -> (H, G), gate blocks
         side by side (a method, so that a broken variant can get one block wrong)."""
         return self._outer(h, d)
+
+    @staticmethod
+    def _candidate_state_adjoint(da_h, U_h, r):
+        """dL/dh_{t-1} through the candidate, reset "before": a_h = ... + (r * h_{t-1}) U_h,
+        so (da_h U_h^T) * r: the product first, then the reset gate."""
+        return (da_h @ U_h.T) * r
 
     def _reset_gate_delta(self, da_h, h, q, U, slope_r):
         """dL/da_r: through n's pre-activation a_h, times the reset gate's slope.

@@ -225,6 +225,7 @@ BUG_CONFIGS = {
     "off-by-one-window": {"truncate": 2, "truncation": "window"},
     "mask-ignored-in-backward": {"layers": 2, "holes": True},
     "blog-reset-delta": {},
+    "blog-state-adjoint-order": {},
     "blog-output-delta-every-layer": {"layers": 2},
     "blog-hard-sigmoid-slope": {"gate": "hard"},
     "blog-embedding-word": {"embedding": True, "layers": 2},

@@ -18,7 +18,7 @@ def failing_params(result):
 
 
 def test_every_blog_bug_is_in_the_zoo():
-    assert len(SEED_BLOG_BUGS) == 8
+    assert len(SEED_BLOG_BUGS) == 9
 
 
 def test_wrapped_time_index_enters_at_step_0():
@@ -35,6 +35,18 @@ def test_blog_reset_delta_enters_in_block_r_of_the_top_layer():
     t, layer, rows = r.localisation.entry()
     assert (t, layer) == (4, 1) and {b for _, b in rows} == {"r"}
     assert r.localisation.wrong_steps()[("U1", "r")] == [1, 2, 3, 4]
+
+
+def test_state_adjoint_product_order_is_caught_in_the_carried_adjoint():
+    # (da_h * r) U_h^T for (da_h U_h^T) * r: only dL/dh_{t-1} is wrong, so the last
+    # step's own contributions are right and the adjoint diverges from step T - 2 down
+    r = check("blog-state-adjoint-order")
+    assert not r.passed and r.odd_one_out() == "analytic"
+    assert r.localisation.first_divergence() == {0: 3}
+    assert all(4 not in steps for steps in r.localisation.wrong_steps().values())
+    wrong = r.localisation.wrong_steps()
+    assert wrong[("W0", "h")] == [0, 1, 2, 3]
+    assert wrong[("U0", "h")] == [1, 2, 3]     # h_{-1} = 0: U's step-0 share is 0 either way
 
 
 def test_elementwise_product_is_only_U_and_the_recursion_is_clean():

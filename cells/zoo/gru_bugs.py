@@ -20,7 +20,8 @@ from cells.gru import GRU
 
 __all__ = ["BROKEN_GRUS", "SEED_BLOG_BUGS", "ResetGateMissingDerivativeGRU",
            "WrappedTimeIndexGRU", "ElementwiseProductGRU", "OffByOneWindowGRU",
-           "MaskIgnoredInBackwardGRU", "BlogResetDeltaGRU", "BlogOutputDeltaEveryLayerGRU",
+           "MaskIgnoredInBackwardGRU", "BlogResetDeltaGRU", "BlogStateAdjointOrderGRU",
+           "BlogOutputDeltaEveryLayerGRU",
            "BlogHardSigmoidSlopeGRU", "BlogEmbeddingWordGRU", "BlogEmptyLoopGRU",
            "BlogOutputMutatedGRU"]
 
@@ -119,6 +120,21 @@ class BlogResetDeltaGRU(GRU):
         if q is not None:
             return super()._reset_gate_delta(da_h, h, q, U, slope_r)
         return (da_h * h) @ U[:, :H].T              # the bug: wrong matrix, order, no slope
+
+
+class BlogStateAdjointOrderGRU(GRU):
+    """State adjoint through the candidate with the product order swapped (blog):
+    the reset gate applied before the transposed matrix instead of after it.
+
+    The blog: ``delta_s += W_h^T (delta_h * r)``.  Correct: ``(W_h^T delta_h) * r``;
+    here ``(da_h * r) U_h^T`` for ``(da_h U_h^T) * r``.  Only the carried adjoint
+    dL/dh_{t-1} is wrong, so every parameter that step t - 1 and earlier steps
+    touch is wrong, and the last step's contributions are not.  reset="before".
+    """
+
+    @staticmethod
+    def _candidate_state_adjoint(da_h, U_h, r):
+        return (da_h * r) @ U_h.T                   # the bug: the gate inside the product
 
 
 class BlogOutputDeltaEveryLayerGRU(GRU):
@@ -222,6 +238,7 @@ BROKEN_GRUS = {
     "off-by-one-window": OffByOneWindowGRU,
     "mask-ignored-in-backward": MaskIgnoredInBackwardGRU,
     "blog-reset-delta": BlogResetDeltaGRU,
+    "blog-state-adjoint-order": BlogStateAdjointOrderGRU,
     "blog-output-delta-every-layer": BlogOutputDeltaEveryLayerGRU,
     "blog-hard-sigmoid-slope": BlogHardSigmoidSlopeGRU,
     "blog-embedding-word": BlogEmbeddingWordGRU,
@@ -230,6 +247,7 @@ BROKEN_GRUS = {
 }
 
 # the seed blog's bugs, in the order its text meets them
-SEED_BLOG_BUGS = ("wrapped-time-index", "blog-reset-delta", "elementwise-product",
+SEED_BLOG_BUGS = ("wrapped-time-index", "blog-reset-delta", "blog-state-adjoint-order",
+                  "elementwise-product",
                   "blog-output-delta-every-layer", "blog-hard-sigmoid-slope",
                   "blog-embedding-word", "blog-empty-loop", "blog-output-mutated")
