@@ -89,6 +89,7 @@ class GRU(StackedCell):
     """The reference GRU: ``loss(params, batch)`` and ``gradient(params, batch)``."""
 
     name = "gru"
+    state_name = "h"            # the carried state, as sentences name it
 
     config_class = GRUConfig
     gate_blocks = GATE_BLOCKS

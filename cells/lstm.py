@@ -80,6 +80,7 @@ class LSTM(StackedCell):
     """The reference LSTM: ``loss(params, batch)`` and ``gradient(params, batch)``."""
 
     name = "lstm"
+    state_name = "[h|c]"        # the carried state, as sentences name it
 
     config_class = LSTMConfig
     gate_blocks = GATE_BLOCKS

@@ -49,6 +49,8 @@ class Localisation:
     adjoint_values: ``(layers, T, 2)``.
     directions: how many random directions each entry tried.
     seed: the seed of those directions.
+    state: the name of the carried state in sentences: "h" (GRU), "[h|c]" (LSTM),
+        "s" for a cell that does not say (its ``state_name``).
     """
 
     rows: list[tuple[str, str | None]]
@@ -60,6 +62,7 @@ class Localisation:
     directions: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    state: str = "s"
 
     @property
     def steps(self) -> int:
@@ -95,7 +98,8 @@ class Localisation:
         return t, layer, rows
 
     def sentence(self) -> str:
-        """One sentence: where the error enters, which blocks it covers, where dL/dh diverges."""
+        """One sentence: where the error enters, which blocks it covers, where the adjoint of
+        the carried state (dL/dh for the GRU) first diverges."""
         entry = self.entry()
         if entry is None:
             text = "every per-step gate block agrees at every step"
@@ -118,10 +122,10 @@ class Localisation:
         div = {l: t for l, t in self.first_divergence().items() if t is not None}
         if div:
             text += "; " + "; ".join(
-                f"dL/dh of layer {l} first diverges at t = {t} (going backwards)"
+                f"dL/d{self.state} of layer {l} first diverges at t = {t} (going backwards)"
                 for l, t in sorted(div.items(), reverse=True))
         else:
-            text += "; dL/dh agrees at every step"
+            text += f"; dL/d{self.state} agrees at every step"
         return text
 
     def as_dict(self) -> dict:
@@ -129,6 +133,7 @@ class Localisation:
             "sentence": self.sentence(),
             "seed": self.seed,
             "directions": self.directions,
+            "state": self.state,
             "rows": [{"parameter": p, "block": b, "layer": l}
                      for (p, b), l in zip(self.rows, self.row_layers)],
             "step_excess": _nested(self.step_excess),
@@ -270,4 +275,5 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
     return Localisation(rows=[(n, b) for n, b, _, _ in rows],
                         row_layers=[l for _, _, _, l in rows], step_excess=step_excess,
                         step_values=step_values, adjoint_excess=adjoint_excess,
-                        adjoint_values=adjoint_values, directions=directions, seed=seed)
+                        adjoint_values=adjoint_values, directions=directions, seed=seed,
+                        state=getattr(cell, "state_name", "s"))

@@ -228,7 +228,7 @@ def test_check_builtin_passes_all_three_oracle_pairs():
     assert result.cell["name"] == "lstm" and "reset" not in result.cell
     assert "check lstm" in result.command and "--reset" not in result.command
     assert result.localisation.sentence() == ("every per-step gate block agrees at every step; "
-                                              "dL/dh agrees at every step")
+                                              "dL/d[h|c] agrees at every step")
 
 
 # ------------------------------------------------------------ truncated BPTT
@@ -432,7 +432,7 @@ def test_localisation_is_green_on_the_correct_lstm(fields):
     assert result.passed, result.summary()
     loc = result.localisation
     assert loc.sentence() == ("every per-step gate block agrees at every step; "
-                              "dL/dh agrees at every step")
+                              "dL/d[h|c] agrees at every step")
     assert loc.step_excess.max() < 1e-2 and loc.adjoint_excess.max() < 1e-2
     assert {b for _, b in loc.rows} >= {"i", "f", "o", "c"}
 
