@@ -247,10 +247,13 @@ def _probe_pool(workers: int):
     not depend on the order the passes finish in.  An exception (Ctrl-C too)
     cancels the passes not yet started and reaches the caller.
     """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                         # a dependency left out: one thread
+        workers = 1
     if workers <= 1:
         yield lambda fn, items: [fn(item) for item in items]
         return
-    from threadpoolctl import threadpool_limits
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradcheck-probes")
     try:

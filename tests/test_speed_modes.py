@@ -416,3 +416,23 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest(error):
         batched_central_differences(failing, params, batch, chunk=1, workers=2)
     total = sum(v.size for v in params.values())
     assert calls["n"] < total           # the passes not yet started were cancelled
+
+
+def test_without_threadpoolctl_the_passes_run_on_one_thread(monkeypatch):
+    import builtins
+
+    import gradcheck.finite_differences as fd
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError("no threadpoolctl here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    monkeypatch.setattr(fd, "ThreadPoolExecutor", None)    # a thread pool would fail loudly
+    cell = CELLS[0]
+    params, batch = make_case(cell)
+    got = batched_central_differences(cell, params, batch, chunk=2, workers=2)
+    monkeypatch.undo()
+    assert same(got, batched_central_differences(cell, params, batch, chunk=2, workers=1))
