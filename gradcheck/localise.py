@@ -32,6 +32,7 @@ import numpy as np
 from gradcheck.finite_differences import STEP_SCALE
 from gradcheck.params import ParamSpec
 from gradcheck.tolerance import Tolerance
+from gradcheck.truncation import run_steps
 
 __all__ = ["Localisation", "localise", "format_steps"]
 
@@ -176,8 +177,9 @@ def _base_run(cell, params, batch):
     x = cell.embed(params, batch)
     states, outs = [cell.initial_state(B)], []
     for t in range(T):
-        states.append(cell.step(params, states[t], x[t], batch.mask[t]))
-        outs.append(cell.output(states[t + 1]))
+        state, out = run_steps(cell, params, x, batch.mask, states[t], t, t + 1)
+        states.append(state)
+        outs += out
     return states, outs
 
 
@@ -189,19 +191,15 @@ def _run(cell, params, batch, base, at, step_params=None, offset=None):
     offset: ``(layer, delta)`` added to the state carried out of step ``at``.
     """
     T = batch.mask.shape[0]
-    x = cell.embed(params, batch)
     states, outs = base
-    state, outs = states[at], list(outs[:at])
-    for t in range(at, T):
-        p, x_t = params, x[t]
-        if step_params is not None and t == at:
-            p, x_t = step_params, cell.embed(step_params, batch)[t]
-        state = cell.step(p, state, x_t, batch.mask[t])
-        if offset is not None and t == at:
-            state = list(state)
-            state[offset[0]] = state[offset[0]] + offset[1]
-        outs.append(cell.output(state))
-    return cell.readout_loss(params, np.stack(outs), batch)
+    p = params if step_params is None else step_params
+    state, out = run_steps(cell, p, cell.embed(p, batch), batch.mask, states[at], at, at + 1)
+    if offset is not None:
+        state = list(state)
+        state[offset[0]] = state[offset[0]] + offset[1]
+        out = [np.array(cell.output(state))]
+    state, rest = run_steps(cell, params, cell.embed(params, batch), batch.mask, state, at + 1, T)
+    return cell.readout_loss(params, np.stack(outs[:at] + out + rest), batch)
 
 
 def _excess(a, n, tol: Tolerance) -> float:

@@ -29,11 +29,12 @@ x_t, m_t)`` -> state, ``output(state)`` -> what the readout sees (B, H), and
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Truncation", "FULL", "TRUNCATIONS", "parse_truncation", "surrogate_loss"]
+__all__ = ["Truncation", "FULL", "TRUNCATIONS", "parse_truncation", "surrogate_loss", "run_steps"]
 
 TRUNCATIONS = ("window", "tail")
 
@@ -91,12 +92,23 @@ def parse_truncation(truncate: int = -1, kind: str = "window") -> Truncation:
     return Truncation(kind, int(truncate))
 
 
-def _run(cell, params, x, mask, state, start, stop):
-    """Run steps start .. stop - 1 from ``state``; the outputs of each step."""
+def run_steps(cell, params, x, mask, state, start, stop):
+    """Steps start .. stop - 1 through the step interface, from ``state``.
+
+    cell: has ``step(params, state, x_t, m_t)`` and ``output(state)``.
+    params: the parameters of every step.
+    x: the inputs (T, B, ...); mask: (T, B).
+    state: the state entering step ``start``; not changed (a copy goes in, so a
+        step that updates its state in place cannot alter a state kept elsewhere).
+    start, stop: the steps.
+
+    Returns the state after step stop - 1 and a copy of each step's output.
+    """
+    state = copy.deepcopy(state)
     outs = []
     for u in range(start, stop):
         state = cell.step(params, state, x[u], mask[u])
-        outs.append(cell.output(state))
+        outs.append(np.array(cell.output(state)))
     return state, outs
 
 
@@ -112,20 +124,21 @@ def surrogate_loss(cell, params0, batch, truncation: Truncation):
     states_before = [cell.initial_state(B)]
     outs0 = []
     for t in range(T):
-        states_before.append(cell.step(params0, states_before[-1], x0[t], mask[t]))
-        outs0.append(cell.output(states_before[-1]))
+        state, out = run_steps(cell, params0, x0, mask, states_before[-1], t, t + 1)
+        states_before.append(state)
+        outs0 += out
 
     if truncation.kind == "full":
         def loss(params):
             x = cell.embed(params, batch)
-            _, outs = _run(cell, params, x, mask, cell.initial_state(B), 0, T)
+            _, outs = run_steps(cell, params, x, mask, cell.initial_state(B), 0, T)
             return cell.readout_loss(params, np.stack(outs), batch)
     elif truncation.kind == "tail":
         start = truncation.window_start(T - 1, T)
 
         def loss(params):
             x = cell.embed(params, batch)
-            _, outs = _run(cell, params, x, mask, states_before[start], start, T)
+            _, outs = run_steps(cell, params, x, mask, states_before[start], start, T)
             return cell.readout_loss(params, np.stack(outs0[:start] + outs), batch)
     else:
         def loss(params):
@@ -133,7 +146,7 @@ def surrogate_loss(cell, params0, batch, truncation: Truncation):
             outs = []
             for t in range(T):
                 start = truncation.window_start(t, T)
-                state, _ = _run(cell, params, x, mask, states_before[start], start, t + 1)
-                outs.append(cell.output(state))
+                state, _ = run_steps(cell, params, x, mask, states_before[start], start, t + 1)
+                outs.append(np.array(cell.output(state)))
             return cell.readout_loss(params, np.stack(outs), batch)
     return loss

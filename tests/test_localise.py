@@ -87,3 +87,21 @@ def test_truncated_cells_are_not_localised_in_time():
 ])
 def test_format_steps(steps, total, text):
     assert format_steps(steps, total) == text
+
+
+class InPlaceStepGRU(GRU):
+    """A correct GRU whose step interface writes the new state into the old one."""
+
+    def step(self, params, state, x_t, m_t):
+        new = super().step(params, state, x_t, m_t)
+        for old, value in zip(state, new):
+            old[...] = value
+        return state
+
+
+def test_a_step_that_updates_its_state_in_place_localises_as_the_reference():
+    # each perturbed run starts from the unperturbed state at its step: a step that
+    # overwrote that state would corrupt every later run
+    mine, reference = run(InPlaceStepGRU, layers=2), run(GRU, layers=2)
+    assert np.array_equal(mine.step_values, reference.step_values)
+    assert np.array_equal(mine.adjoint_values, reference.adjoint_values)
