@@ -74,6 +74,9 @@ NUMERIC_METHODS = ("central", "batched", "complex")
 # with several worker threads, larger, so that they seldom wait for the GIL
 PROBE_BYTES = 1 << 17
 PROBE_BYTES_THREADED = 1 << 21
+# bytes of the perturbed copies of one parameter in a vectorised pass: each probe
+# holds a whole copy of the parameter it moves (an embedding can be megabytes)
+STACK_BYTES = 1 << 25
 
 
 class ComplexStepError(ValueError):
@@ -220,6 +223,13 @@ def _chunks(indices, size):
     return [indices[lo:lo + size] for lo in range(0, len(indices), size)]
 
 
+def _stack_limit(size: int, theta, probes_per_element: int) -> int:
+    """``size`` elements per pass, fewer when their perturbed copies of ``theta`` would
+    exceed ``STACK_BYTES`` (at least one)."""
+    per_element = probes_per_element * max(1, theta.nbytes)
+    return max(1, min(size, STACK_BYTES // per_element))
+
+
 def probe_workers(workers=None) -> int:
     """How many threads run vectorised passes at once.
 
@@ -336,7 +346,8 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
                 losses = cell.losses(_stack(work, name, np.repeat(i, 2), values), batch)
                 f_plus[i], f_minus[i] = losses[0::2], losses[1::2]
 
-            each(one_pass, _chunks(_selected(elements, name, flat.size), size))
+            each(one_pass, _chunks(_selected(elements, name, flat.size),
+                                   _stack_limit(size, work[name], 2)))
             # (L(theta + h) - L(theta - h)) / 2h
             value = (f_plus - f_minus) / (2.0 * steps)
             with np.errstate(invalid="ignore"):
@@ -434,7 +445,8 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
                 # dL/dtheta_i = Im L(theta + i h e_i) / h
                 value[i] = _imaginary(losses, "cell.losses") / step
 
-            each(one_pass, _chunks(_selected(elements, name, flat.size), size))
+            each(one_pass, _chunks(_selected(elements, name, flat.size),
+                                   _stack_limit(size, work[name], 2)))   # complex: 16 bytes
             out[name] = NumericGradient(value.reshape(work[name].shape),
                                         np.zeros(work[name].shape, dtype=bool))
     return out

@@ -436,3 +436,26 @@ def test_without_threadpoolctl_the_passes_run_on_one_thread(monkeypatch):
     got = batched_central_differences(cell, params, batch, chunk=2, workers=2)
     monkeypatch.undo()
     assert same(got, batched_central_differences(cell, params, batch, chunk=2, workers=1))
+
+
+def test_a_large_parameter_is_perturbed_in_passes_that_fit_the_byte_budget():
+    from gradcheck.finite_differences import STACK_BYTES
+    cell = GRU(GRUConfig(embedding=True, vocab=3000, input_size=64, hidden_size=8))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 3, 2)
+    seen = []
+    original = type(cell).losses
+
+    class Spy(type(cell)):
+        def losses(self, stacked, batch):
+            seen.append(stacked["E"].strides[0] and stacked["E"].shape[0])   # 0: E shared
+            return original(self, stacked, batch)
+
+    rows = np.zeros(params["E"].shape, dtype=bool)
+    rows[:2] = True                                     # two rows: 128 elements of E
+    batched_central_differences(Spy(cell.config), params, batch, names=["E"],
+                                elements={"E": rows}, workers=2)
+    moved = [p for p in seen if p][1:]                  # after the readiness probe (2 copies)
+    assert sum(moved) == 2 * 128
+    assert max(moved) * params["E"].nbytes <= STACK_BYTES
