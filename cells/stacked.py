@@ -40,6 +40,7 @@ import numpy as np
 from cells.activations import GATES, log_softmax
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
+from gradcheck.perturbed_rows import PerturbedRows
 from gradcheck.truncation import parse_truncation
 
 __all__ = ["StackedCell", "validate_config", "probe_stack", "READOUTS", "SIZE_FIELDS",
@@ -69,6 +70,9 @@ def probe_stack(params) -> tuple[int, dict[str, np.ndarray]]:
     P = counts.pop()
     stack = {}
     for name, value in params.items():
+        if isinstance(value, PerturbedRows):
+            stack[name] = value                                 # one table, P set elements
+            continue
         value = np.asarray(value)
         if value.ndim < 2:
             raise ValueError(f"parameter {name} has no probe axis: shape {value.shape}")
@@ -343,6 +347,11 @@ class StackedCell:
             x, _ = self._layer_forward(l, stack, x, batch.mask, keep_steps=False)
         loss, _ = self._readout(stack, x, batch)
         return np.broadcast_to(loss, (P,)).copy()
+
+    def takes_perturbed_rows(self, name) -> bool:
+        """Whether ``losses`` may receive parameter ``name`` as a PerturbedRows (see
+        gradcheck.perturbed_rows): the embedding E, read only by ``embed``'s lookup."""
+        return name == "E" and self.config.embedding
 
     @property
     def losses_match_loss(self) -> bool:

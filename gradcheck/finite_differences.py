@@ -57,6 +57,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradcheck.perturbed_rows import PerturbedRows
+
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
            "complex_step", "batched_complex_step", "complex_step_refusal", "numeric_gradient",
@@ -197,14 +199,21 @@ def probe_chunk(cell, batch, chunk=None, workers: int = 1) -> int:
     return int(np.clip(target // (2 * per_probe), 1, 256))
 
 
-def _stack(work, name, flat_index, values):
+def _stack(work, name, flat_index, values, cell=None):
     """Probe stack: ``work[name]`` with element ``flat_index[p]`` set to ``values[p]``.
 
-    The other parameters are stride-0 views, shared by every probe.
+    The other parameters are stride-0 views, shared by every probe.  A table the
+    cell reads only by row lookup (``cell.takes_perturbed_rows(name)``, an
+    embedding) is passed as a PerturbedRows: the table once, one set element per
+    probe, the same values as the copies.
     """
     P = len(values)
     stack = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in work.items()}
     theta = work[name]
+    if _takes_rows(cell, name, theta):
+        rows, cols = np.unravel_index(flat_index, theta.shape)
+        stack[name] = PerturbedRows(theta, rows, cols, values)
+        return stack
     moved = np.empty((P, theta.size), dtype=np.result_type(theta, values))
     moved[...] = theta.reshape(1, -1)
     moved[np.arange(P), flat_index] = values
@@ -223,9 +232,17 @@ def _chunks(indices, size):
     return [indices[lo:lo + size] for lo in range(0, len(indices), size)]
 
 
-def _stack_limit(size: int, theta, probes_per_element: int) -> int:
+def _takes_rows(cell, name, theta) -> bool:
+    """Whether ``_stack`` passes ``theta`` to the cell as a PerturbedRows (no copies)."""
+    takes = getattr(cell, "takes_perturbed_rows", None)
+    return theta.ndim == 2 and takes is not None and bool(takes(name))
+
+
+def _stack_limit(size: int, theta, probes_per_element: int, cell=None, name=None) -> int:
     """``size`` elements per pass, fewer when their perturbed copies of ``theta`` would
-    exceed ``STACK_BYTES`` (at least one)."""
+    exceed ``STACK_BYTES`` (at least one); a table passed as PerturbedRows is not copied."""
+    if _takes_rows(cell, name, theta):
+        return size
     per_element = probes_per_element * max(1, theta.nbytes)
     return max(1, min(size, STACK_BYTES // per_element))
 
@@ -294,7 +311,8 @@ def _batched_ready(cell, work, batch, f0, strict=True) -> bool:
         return False
     first = next(iter(work))
     flat = work[first].reshape(-1)
-    both = cell.losses(_stack(work, first, np.zeros(2, dtype=int), np.full(2, flat[0])), batch)
+    both = cell.losses(_stack(work, first, np.zeros(2, dtype=int), np.full(2, flat[0]), cell),
+                       batch)
     if strict:
         return bool(np.all(both == f0))
     return bool(np.all(np.abs(both - f0) <= 1e-12 * max(1.0, abs(f0))))
@@ -343,11 +361,11 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
             def one_pass(i, name=name, flat=flat, steps=steps, f_plus=f_plus, f_minus=f_minus):
                 # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
                 values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
-                losses = cell.losses(_stack(work, name, np.repeat(i, 2), values), batch)
+                losses = cell.losses(_stack(work, name, np.repeat(i, 2), values, cell), batch)
                 f_plus[i], f_minus[i] = losses[0::2], losses[1::2]
 
             each(one_pass, _chunks(_selected(elements, name, flat.size),
-                                   _stack_limit(size, work[name], 2)))
+                                   _stack_limit(size, work[name], 2, cell, name)))
             # (L(theta + h) - L(theta - h)) / 2h
             value = (f_plus - f_minus) / (2.0 * steps)
             with np.errstate(invalid="ignore"):
@@ -441,12 +459,12 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
             value = np.full(flat.size, np.nan)
 
             def one_pass(i, name=name, flat=flat, value=value):
-                losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step), batch)
+                losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step, cell), batch)
                 # dL/dtheta_i = Im L(theta + i h e_i) / h
                 value[i] = _imaginary(losses, "cell.losses") / step
 
             each(one_pass, _chunks(_selected(elements, name, flat.size),
-                                   _stack_limit(size, work[name], 2)))   # complex: 16 bytes
+                                   _stack_limit(size, work[name], 2, cell, name)))   # complex
             out[name] = NumericGradient(value.reshape(work[name].shape),
                                         np.zeros(work[name].shape, dtype=bool))
     return out

@@ -440,7 +440,7 @@ def test_without_threadpoolctl_the_passes_run_on_one_thread(monkeypatch):
 
 def test_a_large_parameter_is_perturbed_in_passes_that_fit_the_byte_budget():
     from gradcheck.finite_differences import STACK_BYTES
-    cell = GRU(GRUConfig(embedding=True, vocab=3000, input_size=64, hidden_size=8))
+    cell = GRU(GRUConfig(input_size=3000, hidden_size=8))     # W0: 3000 x 24, 576 KB
     rng = np.random.default_rng(0)
     params = cell.init_params(rng)
     batch = cell.sample_batch(rng, 3, 2)
@@ -449,13 +449,53 @@ def test_a_large_parameter_is_perturbed_in_passes_that_fit_the_byte_budget():
 
     class Spy(type(cell)):
         def losses(self, stacked, batch):
-            seen.append(stacked["E"].strides[0] and stacked["E"].shape[0])   # 0: E shared
+            seen.append(stacked["W0"].strides[0] and stacked["W0"].shape[0])   # 0: shared
             return original(self, stacked, batch)
 
-    rows = np.zeros(params["E"].shape, dtype=bool)
-    rows[:2] = True                                     # two rows: 128 elements of E
-    batched_central_differences(Spy(cell.config), params, batch, names=["E"],
-                                elements={"E": rows}, workers=2)
+    chosen = np.zeros(params["W0"].shape, dtype=bool)
+    chosen.reshape(-1)[:128] = True
+    batched_central_differences(Spy(cell.config), params, batch, names=["W0"],
+                                elements={"W0": chosen}, workers=2)
     moved = [p for p in seen if p][1:]                  # after the readiness probe (2 copies)
     assert sum(moved) == 2 * 128
-    assert max(moved) * params["E"].nbytes <= STACK_BYTES
+    assert max(moved) * params["W0"].nbytes <= STACK_BYTES
+
+
+def test_an_embedding_is_looked_up_per_probe_without_copies():
+    from gradcheck.perturbed_rows import PerturbedRows
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(6, 3))
+    ids = np.array([[0, 5, 5], [2, 0, 1]])              # repeated ids, unused rows 3 and 4
+    rows, cols = np.array([5, 3, 0, 0]), np.array([1, 2, 0, 2])
+    for values in (rng.normal(size=4), E[rows, cols] + 1e-20j):
+        copies = np.broadcast_to(E, (4,) + E.shape).astype(values.dtype)
+        copies[np.arange(4), rows, cols] = values
+        looked_up = PerturbedRows(E, rows, cols, values)[..., ids, :]
+        assert looked_up.dtype == values.dtype and np.array_equal(looked_up, copies[..., ids, :])
+    with pytest.raises(TypeError, match="supports"):
+        PerturbedRows(E, rows, cols, values)[0]
+
+
+def test_a_large_embedding_reaches_the_cell_as_perturbed_rows():
+    from gradcheck.perturbed_rows import PerturbedRows
+    cell = GRU(GRUConfig(embedding=True, vocab=10000, input_size=64, hidden_size=4))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 3, 2)
+    kinds = set()
+    original = type(cell).losses
+
+    class Spy(type(cell)):
+        def losses(self, stacked, batch):
+            kinds.add(type(stacked["E"]).__name__)
+            return original(self, stacked, batch)
+
+    used = np.zeros(params["E"].shape, dtype=bool)
+    used[np.unique(batch.x)] = True
+    got = batched_central_differences(Spy(cell.config), params, batch, names=["E"],
+                                      elements={"E": used})
+    assert kinds == {PerturbedRows.__name__}
+    want = central_differences(lambda p: cell.loss(p, batch), params, ["E"], elements={"E": used})
+    # the same numbers as one copy at a time, to the bit (NaN: elements not asked for)
+    assert np.array_equal(got["E"].value, want["E"].value, equal_nan=True)
+    assert np.isfinite(got["E"].value[used]).all() and np.isnan(got["E"].value[~used]).all()
