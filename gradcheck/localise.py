@@ -32,7 +32,7 @@ import numpy as np
 from gradcheck.finite_differences import STEP_SCALE
 from gradcheck.params import ParamSpec
 from gradcheck.tolerance import Tolerance
-from gradcheck.truncation import run_steps
+from gradcheck.truncation import run_steps, step_states
 
 __all__ = ["Localisation", "localise", "format_steps"]
 
@@ -166,39 +166,26 @@ def format_steps(steps: list[int], total: int) -> str:
     return ("step " if len(steps) == 1 else "steps ") + ", ".join(runs)
 
 
-def _base_run(cell, params, batch):
-    """The unperturbed pass through the step interface: ``(states, outputs)``.
-
-    states[t] is the state entering step t (states[0] the initial state);
-    outputs[t] what the readout sees after step t.  A run perturbed at step
-    ``at`` shares everything before it, so it starts from states[at].
-    """
-    T, B = batch.mask.shape
-    x = cell.embed(params, batch)
-    states, outs = [cell.initial_state(B)], []
-    for t in range(T):
-        state, out = run_steps(cell, params, x, batch.mask, states[t], t, t + 1)
-        states.append(state)
-        outs += out
-    return states, outs
-
-
 def _run(cell, params, batch, base, at, step_params=None, offset=None):
     """Loss through the step interface, perturbed at step ``at`` only.
 
-    base: ``_base_run`` of the unperturbed parameters (steps before ``at`` are taken from it).
+    base: ``(x, states, outs)`` of the unperturbed run (``step_states``): the steps
+        before ``at`` are taken from it, the run starts from states[at].
     step_params: parameters used at step ``at`` only (untied across time).
     offset: ``(layer, delta)`` added to the state carried out of step ``at``.
     """
     T = batch.mask.shape[0]
-    states, outs = base
-    p = params if step_params is None else step_params
-    state, out = run_steps(cell, p, cell.embed(p, batch), batch.mask, states[at], at, at + 1)
+    x, states, outs = base
+    if step_params is None:
+        p, x_at = params, x
+    else:
+        p, x_at = step_params, cell.embed(step_params, batch)
+    state, out = run_steps(cell, p, x_at, batch.mask, states[at], at, at + 1)
     if offset is not None:
         state = list(state)
         state[offset[0]] = state[offset[0]] + offset[1]
         out = [np.array(cell.output(state))]
-    state, rest = run_steps(cell, params, cell.embed(params, batch), batch.mask, state, at + 1, T)
+    state, rest = run_steps(cell, params, x, batch.mask, state, at + 1, T)
     return cell.readout_loss(params, np.stack(outs[:at] + out + rest), batch)
 
 
@@ -227,7 +214,8 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
     adjoints = details["state_adjoints"]
     T = batch.mask.shape[0]
     rng = np.random.default_rng(seed)
-    base = _base_run(cell, params, batch)
+    x = cell.embed(params, batch)
+    base = (x,) + step_states(cell, params, x, batch.mask)
 
     rows = []
     for spec in specs:

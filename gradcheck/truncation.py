@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Truncation", "FULL", "TRUNCATIONS", "parse_truncation", "surrogate_loss", "run_steps"]
+__all__ = ["Truncation", "FULL", "TRUNCATIONS", "parse_truncation", "surrogate_loss", "run_steps",
+           "step_states"]
 
 TRUNCATIONS = ("window", "tail")
 
@@ -112,6 +113,23 @@ def run_steps(cell, params, x, mask, state, start, stop):
     return state, outs
 
 
+def step_states(cell, params, x, mask):
+    """The states entering every step and the outputs of every step, one run.
+
+    cell, params, x, mask: as for ``run_steps``.
+
+    Returns ``(states, outs)``: states[t] enters step t (states[0] is the initial
+    state, states[T] leaves the last step); outs[t] is step t's output (copies).
+    """
+    T, B = mask.shape
+    states, outs = [cell.initial_state(B)], []
+    for t in range(T):
+        state, out = run_steps(cell, params, x, mask, states[t], t, t + 1)
+        states.append(state)
+        outs += out
+    return states, outs
+
+
 def surrogate_loss(cell, params0, batch, truncation: Truncation):
     """The loss whose exact gradient at ``params0`` is the truncated gradient.
 
@@ -119,14 +137,8 @@ def surrogate_loss(cell, params0, batch, truncation: Truncation):
     """
     T, B = batch.mask.shape
     mask = batch.mask
-    x0 = cell.embed(params0, batch)
     # states_before[t] is the (all-layer) state entering step t, at params0
-    states_before = [cell.initial_state(B)]
-    outs0 = []
-    for t in range(T):
-        state, out = run_steps(cell, params0, x0, mask, states_before[-1], t, t + 1)
-        states_before.append(state)
-        outs0 += out
+    states_before, outs0 = step_states(cell, params0, cell.embed(params0, batch), mask)
 
     if truncation.kind == "full":
         def loss(params):
