@@ -13,8 +13,8 @@ __all__ = ["GATES", "sigmoid", "sigmoid_grad", "hard_sigmoid", "hard_sigmoid_gra
            "tanh_grad_from_output", "log_softmax"]
 
 
-def sigmoid(a):
-    """sigma(a) = 1 / (1 + exp(-a)); complex-safe.
+def sigmoid(a, out=None):
+    """sigma(a) = 1 / (1 + exp(-a)); complex-safe.  ``out``: where to write it (may be ``a``).
 
     Real a: four passes over the array (negate, exp, add one, reciprocal).
     exp(-a) overflows to inf for a < -709 (float64), and 1 / (1 + inf) = 0 is
@@ -31,10 +31,10 @@ def sigmoid(a):
     if np.iscomplexobj(a):
         pos = a.real >= 0
         e = np.exp(np.where(pos, -a, a))
-        return np.where(pos, 1.0, e) / (1.0 + e)
+        return np.divide(np.where(pos, 1.0, e), 1.0 + e, out=out)
     if a.ndim == 0:
         return sigmoid(a.reshape(1)).reshape(())
-    out = np.negative(a)
+    out = np.negative(a, out=out)
     with np.errstate(over="ignore"):
         np.exp(out, out=out)                                    # exp(-a), inf far left
     out += 1.0
@@ -46,9 +46,13 @@ def sigmoid_grad(a, g):
     return g * (1.0 - g)
 
 
-def hard_sigmoid(a):
-    """hard_sigma(a) = clip(0.2 a + 0.5, 0, 1)."""
-    return np.clip(0.2 * a + 0.5, 0.0, 1.0)
+def hard_sigmoid(a, out=None):
+    """hard_sigma(a) = clip(0.2 a + 0.5, 0, 1).  ``out``: where to write it (may be ``a``)."""
+    if out is None:
+        return np.clip(0.2 * a + 0.5, 0.0, 1.0)
+    np.multiply(a, 0.2, out=out)
+    out += 0.5
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def hard_sigmoid_grad(a, g):
@@ -56,9 +60,13 @@ def hard_sigmoid_grad(a, g):
     return np.where((a > -2.5) & (a < 2.5), 0.2, 0.0)
 
 
-def tanh_grad_from_output(n):
-    """d tanh(a) / d a = 1 - tanh(a)^2, from the output ``n = tanh(a)``."""
-    return 1.0 - n * n
+def tanh_grad_from_output(n, out=None):
+    """d tanh(a) / d a = 1 - tanh(a)^2, from the output ``n = tanh(a)``; ``out``: where to
+    write it."""
+    if out is None:
+        return 1.0 - n * n
+    np.multiply(n, n, out=out)
+    return np.subtract(1.0, out, out=out)
 
 
 def log_softmax(logits):

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cells.activations import GATES, tanh_grad_from_output
-from cells.stacked import READOUTS, StackedCell, add_into, validate_config
+from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
 
@@ -101,13 +101,17 @@ class GRU(StackedCell):
         return [ParamSpec(f"bn{l}", (self.config.hidden_size,), ("h",), 0, layer=l)]
 
     # -------------------------------------------------- one step, and its BPTT
-    def _layer_step(self, l, params, h, xp_t, m_t):
+    def _layer_step(self, l, params, h, xp_t, m_t, out=None):
         """h_t of layer l from h = h_{t-1} (..., B, H) and xp_t = x_t W + b.
 
         xp_t: the pair ``(xp_rz, xp_h)``, x_t W + b of the gates r | z (..., B, 2H)
             and of the candidate (..., B, H); each block is kept contiguous, so
             that the gate arithmetic runs over contiguous arrays.
         m_t: the step's mask (B,), or None when every sequence is on (h_t = h'_t).
+        out: None, or the arrays the step writes into, ``(a_rz, rz, n, q, h_t)`` of the
+            full (..., B, width) shapes (see ``_step_buffers``; a_rz is None for
+            sigmoid gates, q for reset "before"): the gates are computed in place
+            there, with no per-step allocation and no copy into the backward cache.
 
         Leading axes are probes (see ``losses``): ``U`` may be (P, H, 3H) and
         ``bn`` (P, 1, H).  Returns h_t and what the step's backward needs.
@@ -115,32 +119,51 @@ class GRU(StackedCell):
         H = self.config.hidden_size
         U = params[f"U{l}"]                                     # (H, 3H) r | z | h
         xp_rz, xp_h = xp_t
+        a_out, rz_out, n_out, q_out, h_out = out or (None,) * 5
+        # the sigmoid's slope needs its output only (a_rz is overwritten by it);
+        # the hard sigmoid's needs a_rz itself
+        keep_a = self.config.gate != "sigmoid"
         # a_{r|z} = x W_{r|z} + b_{r|z} + h U_{r|z}: one product for both gates
-        a_rz = add_into(h @ U[..., :2 * H], xp_rz)              # (B, 2H)
-        rz = self.gate(a_rz)
+        a_rz = np.matmul(h, U[..., :2 * H], out=a_out if keep_a else rz_out)
+        a_rz = add_into(a_rz, xp_rz)                            # (B, 2H)
+        rz = self.gate(a_rz, out=rz_out if keep_a else a_rz)
         r, z = rz[..., :H], rz[..., H:]
         if self.config.reset == "before":
             q = None
-            n = (r * h) @ U[..., 2 * H:]                        # (r h) U_h  (B, H)
+            n = np.matmul(r * h, U[..., 2 * H:], out=n_out)     # (r h) U_h  (B, H)
         else:
-            q = add_into(h @ U[..., 2 * H:], params[f"bn{l}"])   # h U_h + bn  (B, H)
-            n = r * q
+            q = np.matmul(h, U[..., 2 * H:], out=q_out)         # h U_h + bn  (B, H)
+            q = add_into(q, params[f"bn{l}"])
+            n = np.multiply(r, q, out=n_out)
         n = add_into(n, xp_h)
         np.tanh(n, out=n)                                       # n = tanh(a_h)
         # h' = (1 - z) n + z h = n + z (h - n) (update "old");  h' = h + z (n - h) ("new")
         if self.config.update == "old":
-            h_new = add_into((h - n) * z, n)
+            h_new = add_into(multiply_into(np.subtract(h, n, out=h_out), z), n)
         else:
-            h_new = add_into((n - h) * z, h)
-        # the sigmoid's slope needs its output only; the hard sigmoid's needs a
-        a_kept = a_rz if self.config.gate != "sigmoid" else None
+            h_new = add_into(multiply_into(np.subtract(n, h, out=h_out), z), h)
+        a_kept = a_rz if keep_a else None
         if m_t is None:                                         # every sequence on: h_t = h'_t
             return h_new, (a_kept, rz, n, q, None)
         mt = m_t[:, None]                                       # (B, 1)
-        return mt * h_new + (1.0 - mt) * h, (a_kept, rz, n, q, mt)
+        h_t = add_into(multiply_into(h_new, mt), (1.0 - mt) * h)   # m h' + (1 - m) h
+        return h_t, (a_kept, rz, n, q, mt)
 
-    def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None):
+    def _step_buffers(self, steps, shape, dtype):
+        """Empty arrays for ``_layer_step``'s ``out`` (all but h_t): ``(a_rz, rz, n, q)``, each
+        (steps, *shape, width), None where the configuration has no such quantity."""
+        H = self.config.hidden_size
+
+        def empty(width, needed=True):
+            return np.empty((steps,) + shape + (width,), dtype) if needed else None
+        return (empty(2 * H, self.config.gate != "sigmoid"), empty(2 * H), empty(H),
+                empty(H, self.config.reset == "after"))
+
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None, out=None):
         """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t).
+
+        out: None, or ``(da, dq)``, (B, 3H) arrays (rows of the layer's arrays) to write
+            dL/dxp_t and, for reset "after", dL/d(h_{t-1} U) = [da_r | da_z | r da_h] into.
 
         The gradients of U (and bn) are not formed here, step by step, but by
         ``_recurrent_grads`` from dL/dxp_t of all steps at once.  ``grads`` is
@@ -150,6 +173,7 @@ class GRU(StackedCell):
         U = params[f"U{l}"]
         a_rz, rz, n, q, mt = step_cache
         r, z = rz[:, :H], rz[:, H:]
+        da, dq = out or (np.empty(np.shape(dh)[:-1] + (3 * H,)), None)
         # h_t = m h'_t + (1 - m) h_{t-1};  mt None: every sequence on, h_t = h'_t
         dh_new = dh if mt is None else mt * dh
         # h'_t = (1 - k) n + k h_{t-1},  k = z (update "old") or 1 - z (update "new")
@@ -162,26 +186,31 @@ class GRU(StackedCell):
         dk *= dh_new                                            # dh_new (h - n)
         dz = dk if self.config.update == "old" else -dk
         # n = tanh(a_h)
-        da_h = tanh_grad_from_output(n)
+        da_h = tanh_grad_from_output(n, out=da[:, 2 * H:])
         da_h *= dn                                              # (B, H)
         # r = g(a_r), z = g(a_z);  a_r = x W_r + h U_r + b_r, likewise a_z
         gp = self.gate_grad(a_rz, rz)                           # (B, 2H)
-        da_r = self._reset_gate_delta(da_h, h, q, U, gp[:, :H])
-        da_z = dz * gp[:, H:]
-        da = np.concatenate([da_r, da_z, da_h], axis=1)         # (B, 3H)
+        da[:, :H] = self._reset_gate_delta(da_h, h, q, U, gp[:, :H])
+        np.multiply(dz, gp[:, H:], out=da[:, H:2 * H])          # da_z
         if q is None:
             # a_h = x W_h + b_h + (r * h) U_h
             dh_prev += self._candidate_state_adjoint(da_h, U[:, 2 * H:], r)
             dh_prev += da[:, :2 * H] @ U[:, :2 * H].T
         else:
             # a_h = x W_h + b_h + r * q,  q = h U_h + bn: dq = da_h * r, one product for r | z | h
-            dq = da.copy()
+            if dq is None:
+                dq = da.copy()
+            else:
+                np.copyto(dq, da)
             dq[:, 2 * H:] *= r
             dh_prev += dq @ U.T
         return dh_prev, da                                      # (B, H), (B, 3H)
 
-    def _recurrent_grads(self, l, cache, dxp, steps, grads):
+    def _recurrent_grads(self, l, cache, dxp, dq, steps, grads):
         """Add the gradients of U (and bn) from dL/dxp_t of ``steps`` (a range), at once.
+
+        dq: (T, B, 3H), ``_layer_step_backward``'s [da_r | da_z | r da_h] of every step
+            (reset "after"; None for "before").
 
         a_{r,z} = x W + h_{t-1} U_{r,z} + b:     dU_{r,z} += sum_t h_{t-1}^T da_{r,z}
         reset "before", a_h = ... + (r h_{t-1}) U_h:  dU_h += sum_t (r h_{t-1})^T da_h
@@ -191,18 +220,17 @@ class GRU(StackedCell):
         if not len(steps):                                      # an empty backward loop
             return
         H = self.config.hidden_size
-        h = np.stack([self._previous_state(cache["hs"], t) for t in steps])   # (n, B, H)
-        r = np.stack([cache["steps"][t][1][:, :H] for t in steps])
-        da = dxp[steps.start:steps.stop]                        # (n, B, 3H)
+        span = slice(steps.start, steps.stop)
+        h = self._previous_states(cache["hs"], steps)           # (n, B, H)
         dU = grads[f"U{l}"]
         if self.config.reset == "before":
+            da = dxp[span]                                      # (n, B, 3H)
+            r = cache["rz"][span, :, :H]
             dU[:, :2 * H] += self._recurrent_outer(h, da[..., :2 * H])
             dU[:, 2 * H:] += self._recurrent_outer(r * h, da[..., 2 * H:])
         else:
-            dq = da.copy()                                      # [da_r | da_z | dq]
-            dq[..., 2 * H:] *= r
-            dU += self._recurrent_outer(h, dq)                  # one product for r | z | h
-            grads[f"bn{l}"] += dq[..., 2 * H:].sum(axis=(0, 1))
+            dU += self._recurrent_outer(h, dq[span])            # one product for r | z | h
+            grads[f"bn{l}"] += dq[span, :, 2 * H:].sum(axis=(0, 1))
 
     def _recurrent_outer(self, h, d):
         """sum_t h_t^T d_t for U's gradient: (n, B, H), (n, B, G) -> (H, G), gate blocks
@@ -261,17 +289,26 @@ class GRU(StackedCell):
         xp_h = self._project(x, W[..., 2 * H:], b[..., 2 * H:])    # (..., T, B, H)
         own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
         lead = np.broadcast_shapes(xp_rz.shape[:-3], *(np.shape(p)[:-2] for p in own))
-        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0; complex under the complex step
-        hs = np.zeros((T + 1,) + lead + (B, H), dtype=np.result_type(xp_rz, *own))
-        steps, store = [], []
+        dtype = np.result_type(xp_rz, *own)                     # complex under the complex step
+        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
+        hs = np.zeros((T + 1,) + lead + (B, H), dtype=dtype)
+        # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
+        # or one (1, ..., B, width) set that every step reuses
+        bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype)
+        steps = []
         on = self._steps_all_on(mask)
         for t in range(T):
             m_t = None if on[t] else mask[t]                    # None: no blend with h_{t-1}
             xp_t = (xp_rz[..., t, :, :], xp_h[..., t, :, :])
-            hs[t + 1], step_cache = self._layer_step(l, params, hs[t], xp_t, m_t)
+            i = t if keep_steps else 0
+            h_out = hs[t + 1]
+            out = tuple(None if buf is None else buf[i] for buf in bufs) + (h_out,)
+            h_t, step_cache = self._layer_step(l, params, hs[t], xp_t, m_t, out=out)
+            if h_t is not h_out:                                # a step that did not write in place
+                h_out[...] = h_t
             if keep_steps:
-                steps.append(self._keep_step(store, t, T, step_cache))
-        return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps)
+                steps.append(step_cache)
+        return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps, rz=bufs[1])
 
     def forward(self, params, batch: Batch):
         """Loss and the cache the backward pass needs."""
@@ -288,6 +325,11 @@ class GRU(StackedCell):
     def _previous_state(hs, t):
         """h_{t-1}, the state entering step t; ``hs[0]`` is the initial state h_{-1} = 0."""
         return hs[t]
+
+    @staticmethod
+    def _previous_states(hs, steps):
+        """The states entering ``steps`` (a range), stacked: ``_previous_state`` of each."""
+        return hs[steps.start:steps.stop]
 
     @staticmethod
     def _adjoint_for_layer_below(dx, dtop):
@@ -312,6 +354,8 @@ class GRU(StackedCell):
             lc = cache["layers"][l]
             W = params[f"W{l}"]
             dxp = np.zeros((T, B, W.shape[1]))                  # dL/d(x_t W + b)
+            # dL/d(h_{t-1} U) for U's gradient (reset "after")
+            dq = np.empty_like(dxp) if self.config.reset == "after" else None
             dh_all = np.zeros((T, B, self.config.hidden_size)) if record is not None else None
             dh_next = 0.0                                       # dL/dh_t through step t + 1
             for t in range(t_hi, t_lo - 1, -1):
@@ -319,14 +363,17 @@ class GRU(StackedCell):
                 if record is not None:
                     dh_all[t] = dh
                 h = self._previous_state(lc["hs"], t)           # h_{t-1}
-                dh_next, dxp[t] = self._layer_step_backward(l, params, dh, h, lc["steps"][t],
-                                                            grads)
+                out = (dxp[t], None if dq is None else dq[t])
+                dh_next, da = self._layer_step_backward(l, params, dh, h, lc["steps"][t],
+                                                        grads, out=out)
+                if da is not out[0]:                            # a step that did not write in place
+                    dxp[t] = da
             if record is None:
-                self._recurrent_grads(l, lc, dxp, range(t_lo, t_hi + 1), grads)
+                self._recurrent_grads(l, lc, dxp, dq, range(t_lo, t_hi + 1), grads)
             else:                                               # step by step, recorded
                 for t in range(t_lo, t_hi + 1):
                     own = {k: np.zeros_like(grads[k]) for k in (f"U{l}", f"bn{l}") if k in grads}
-                    self._recurrent_grads(l, lc, dxp, range(t, t + 1), own)
+                    self._recurrent_grads(l, lc, dxp, dq, range(t, t + 1), own)
                     for k, v in own.items():
                         grads[k] += v
                         record["steps"][k][t] = v

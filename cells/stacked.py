@@ -44,7 +44,7 @@ from gradcheck.perturbed_rows import PerturbedRows
 from gradcheck.truncation import parse_truncation
 
 __all__ = ["StackedCell", "validate_config", "probe_stack", "READOUTS", "SIZE_FIELDS",
-           "HARD_GATE_NOT_ANALYTIC", "add_into"]
+           "HARD_GATE_NOT_ANALYTIC", "add_into", "multiply_into"]
 
 READOUTS = ("lm", "mean")
 SIZE_FIELDS = ("input_size", "hidden_size", "layers", "classes", "vocab")
@@ -92,10 +92,19 @@ def add_into(a, b):
     b: what to add; a leading probe axis or a complex dtype that a lacks gives a
         new array instead (NumPy refuses such an in-place add before writing).
     """
+    return _into(np.add, a, b)
+
+
+def multiply_into(a, b):
+    """a * b, written into ``a`` when it can hold the result (as ``add_into``)."""
+    return _into(np.multiply, a, b)
+
+
+def _into(ufunc, a, b):
     try:
-        return np.add(a, b, out=a)
+        return ufunc(a, b, out=a)
     except (ValueError, TypeError):
-        return a + b
+        return ufunc(a, b)
 
 
 def _loss_value(loss):

@@ -56,6 +56,9 @@ class WrappedTimeIndexGRU(GRU):
         states = hs[1:]                 # states[t] = h_t
         return states[t - 1]            # the bug: t = 0 gives states[-1] = h_{T-1}
 
+    def _previous_states(self, hs, steps):
+        return np.stack([self._previous_state(hs, t) for t in steps])
+
 
 class ElementwiseProductGRU(GRU):
     """Wrong product (blog): a square weight gradient accumulated with an elementwise
@@ -100,10 +103,10 @@ class MaskIgnoredInBackwardGRU(GRU):
     Wrong parameters: every recurrent parameter, whenever the mask has zeros.
     """
 
-    def _layer_step_backward(self, l, params, dh, h, step_cache, grads):
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads, out=None):
         a_rz, rz, n, q, mt = step_cache
         unmasked = (a_rz, rz, n, q, None)   # the bug: m_t taken as 1 (None: every sequence on)
-        return super()._layer_step_backward(l, params, dh, h, unmasked, grads)
+        return super()._layer_step_backward(l, params, dh, h, unmasked, grads, out=out)
 
 
 class BlogResetDeltaGRU(GRU):
