@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cells import workspace
 from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
@@ -149,15 +150,16 @@ class GRU(StackedCell):
         h_t = add_into(multiply_into(h_new, mt), (1.0 - mt) * h)   # m h' + (1 - m) h
         return h_t, (a_kept, rz, n, q, mt)
 
-    def _step_buffers(self, steps, shape, dtype):
+    def _step_buffers(self, steps, shape, dtype, ws, l):
         """Empty arrays for ``_layer_step``'s ``out`` (all but h_t): ``(a_rz, rz, n, q)``, each
-        (steps, *shape, width), None where the configuration has no such quantity."""
+        (steps, *shape, width), None where the configuration has no such quantity;
+        from workspace ``ws`` under names of layer l."""
         H = self.config.hidden_size
 
-        def empty(width, needed=True):
-            return np.empty((steps,) + shape + (width,), dtype) if needed else None
-        return (empty(2 * H, self.config.gate != "sigmoid"), empty(2 * H), empty(H),
-                empty(H, self.config.reset == "after"))
+        def empty(name, width, needed=True):
+            return ws.empty((name, l), (steps,) + shape + (width,), dtype) if needed else None
+        return (empty("a_rz", 2 * H, self.config.gate != "sigmoid"), empty("rz", 2 * H),
+                empty("n", H), empty("q", H, self.config.reset == "after"))
 
     def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None, out=None):
         """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t).
@@ -285,16 +287,18 @@ class GRU(StackedCell):
         T, B = mask.shape
         W, b = params[f"W{l}"], params[f"b{l}"]
         # x_t W + b of all steps at once, gates r | z and candidate apart (contiguous blocks)
-        xp_rz = self._project(x, W[..., :2 * H], b[..., :2 * H])   # (..., T, B, 2H)
-        xp_h = self._project(x, W[..., 2 * H:], b[..., 2 * H:])    # (..., T, B, H)
+        ws = workspace.active()                                 # reused arrays, or fresh ones
+        xp_rz = self._project(x, W[..., :2 * H], b[..., :2 * H], ws, ("xp_rz", l))  # (..., T, B, 2H)
+        xp_h = self._project(x, W[..., 2 * H:], b[..., 2 * H:], ws, ("xp_h", l))     # (..., T, B, H)
         own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
         lead = np.broadcast_shapes(xp_rz.shape[:-3], *(np.shape(p)[:-2] for p in own))
         dtype = np.result_type(xp_rz, *own)                     # complex under the complex step
         # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
-        hs = np.zeros((T + 1,) + lead + (B, H), dtype=dtype)
+        hs = ws.empty(("hs", l), (T + 1,) + lead + (B, H), dtype)
+        hs[0] = 0.0
         # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
         # or one (1, ..., B, width) set that every step reuses
-        bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype)
+        bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype, ws, l)
         steps = []
         on = self._steps_all_on(mask)
         for t in range(T):
@@ -353,9 +357,10 @@ class GRU(StackedCell):
         for l in reversed(range(self.config.layers)):
             lc = cache["layers"][l]
             W = params[f"W{l}"]
-            dxp = np.zeros((T, B, W.shape[1]))                  # dL/d(x_t W + b)
+            ws = workspace.active()                             # reused arrays, or fresh ones
+            dxp = ws.zeros(("dxp", l), (T, B, W.shape[1]))      # dL/d(x_t W + b)
             # dL/d(h_{t-1} U) for U's gradient (reset "after")
-            dq = np.empty_like(dxp) if self.config.reset == "after" else None
+            dq = ws.empty(("dq", l), dxp.shape) if self.config.reset == "after" else None
             dh_all = np.zeros((T, B, self.config.hidden_size)) if record is not None else None
             dh_next = 0.0                                       # dL/dh_t through step t + 1
             for t in range(t_hi, t_lo - 1, -1):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cells import workspace
 from cells.activations import GATES, log_softmax
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
@@ -233,14 +234,20 @@ class StackedCell:
         return np.asarray(batch.x, dtype=np.float64)
 
     @staticmethod
-    def _project(x, W, b):
+    def _project(x, W, b, ws=None, name=None):
         """x_t W + b for all steps: x (..., T, B, D) -> (..., T, B, G), one product.
 
         The steps are stacked as rows, (T B, D) @ (D, G).  A stacked W (P, D, G)
-        or b (P, 1, G) applies one matrix per probe to every step.
+        or b (P, 1, G) applies one matrix per probe to every step.  ``ws``: the
+        workspace to take the result from, as array ``name`` (None: a new array).
         """
         T, B, D = x.shape[-3:]
-        xp = x.reshape(x.shape[:-3] + (T * B, D)) @ W           # (..., T B, G)
+        x2 = x.reshape(x.shape[:-3] + (T * B, D))
+        out = None
+        if ws is not None:
+            shape = np.broadcast_shapes(x2.shape[:-2], W.shape[:-2]) + (T * B, W.shape[-1])
+            out = ws.empty(name, shape, np.result_type(x2, W))
+        xp = np.matmul(x2, W, out=out)                          # (..., T B, G)
         xp = add_into(xp, b)
         return xp.reshape(xp.shape[:-2] + (T, B, xp.shape[-1]))
 
@@ -294,7 +301,8 @@ class StackedCell:
             dlogits *= m[..., None] / B                         # (T, B, K)
             grads["V"] = self._outer(top, dlogits)
             grads["c"] = dlogits.sum(axis=(0, 1))
-            return dlogits @ V.T                                # (T, B, H)
+            dtop = workspace.active().empty("dtop", top.shape, np.result_type(dlogits, V))
+            return np.matmul(dlogits, V.T, out=dtop)            # (T, B, H)
         dlogits[np.arange(B), batch.y] -= 1.0
         dlogits /= B                                            # (B, K)
         grads["V"] = self._outer(rc["pooled"], dlogits)
@@ -310,7 +318,8 @@ class StackedCell:
         raise NotImplementedError
 
     def loss(self, params, batch: Batch) -> float:
-        return self.forward(params, batch)[0]
+        with workspace.reusing_arrays(self.losses_match_loss):  # the cache is dropped here
+            return self.forward(params, batch)[0]
 
     def _layer_forward(self, l, params, x, mask, keep_steps=True):
         raise NotImplementedError
@@ -432,6 +441,10 @@ class StackedCell:
                     state_adjoints=adjoints)
 
     def _backprop(self, params, batch, record):
+        with workspace.reusing_arrays(self.losses_match_loss):  # the cache is dropped here
+            return self._backprop_arrays(params, batch, record)
+
+    def _backprop_arrays(self, params, batch, record):
         T = batch.mask.shape[0]
         loss, cache = self.forward(params, batch)
         grads = {name: np.zeros_like(value, dtype=np.float64) for name, value in params.items()}
