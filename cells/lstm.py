@@ -167,12 +167,12 @@ class LSTM(StackedCell):
             xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (B, 4H)
             s_t, _ = self._layer_step(l, params, s, xp_t, m_t)
             new.append(s_t)
-            x_t = s_t[:, :H]                                    # h_t feeds the layer above
+            x_t = s_t[..., :H]                                  # h_t feeds the layer above
         return new
 
     def output(self, state) -> np.ndarray:
         """What the readout sees of a state: the top layer's h_t (B, H)."""
-        return state[-1][:, :self.config.hidden_size]
+        return state[-1][..., :self.config.hidden_size]
 
     # ------------------------------------------------------- whole sequences
     def _layer_forward(self, l, params, x, mask, keep_steps=True):

@@ -366,6 +366,28 @@ class StackedCell:
         loss, _ = self._readout(stack, x, batch)
         return np.broadcast_to(loss, (P,)).copy()
 
+    @staticmethod
+    def probe_params(params) -> dict:
+        """P parameter sets ``{name: (P, *shape)}`` as ``step`` takes them: its states and
+        outputs then carry a leading probe axis, (P, B, ...), and ``readout_loss`` of the
+        stacked outputs (P, T, B, H) gives the (P,) losses (see ``probe_stack``).  The
+        steps do not change the state they are given."""
+        return probe_stack(params)[1]
+
+    @property
+    def steps_take_probes(self) -> bool:
+        """Whether ``step`` takes ``probe_params``' stacked parameters and (P, B, ...) states.
+
+        False when a subclass of the class that first defines ``step`` overrides the
+        step interface (or the layer step under it): it may not broadcast a probe
+        axis, or may update the state it is given in place.
+        """
+        mro = type(self).__mro__
+        owner = max(i for i, c in enumerate(mro) if "step" in vars(c))   # the reference cell
+        interface = ("step", "_layer_step", "output", "initial_state", "embed", "readout_loss",
+                     "_readout")
+        return not any(name in vars(c) for c in mro[:owner] for name in interface)
+
     def takes_perturbed_rows(self, name) -> bool:
         """Whether ``losses`` may receive parameter ``name`` as a PerturbedRows (see
         gradcheck.perturbed_rows): the embedding E, read only by ``embed``'s lookup."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck.finite_differences import STEP_SCALE
+from gradcheck.finite_differences import STACK_BYTES, STEP_SCALE
 from gradcheck.params import ParamSpec
 from gradcheck.tolerance import Tolerance
 from gradcheck.truncation import run_steps, step_states
@@ -200,6 +200,103 @@ def _directional(f, eps=STEP_SCALE):
     return (f(eps) - f(-eps)) / (2.0 * eps)
 
 
+def _numeric(cell, params, batch, base, rows, step_dirs, adjoint_dirs):
+    """The numeric directional derivatives, one perturbed run of the step interface at a time.
+
+    Returns ``(step, adjoint)``: step[i, t, d] along ``step_dirs[i][t][d]`` (row i's
+    parameter moved at step t only), adjoint[layer, t, d] along ``adjoint_dirs``.
+    """
+    T = batch.mask.shape[0]
+    step = np.zeros((len(rows), T, len(step_dirs[0][0]) if rows else 0))
+    for i, (name, _, _, _) in enumerate(rows):
+        for t in range(T):
+            for d, v in enumerate(step_dirs[i][t]):
+
+                def f(e, name=name, v=v, t=t):
+                    moved = dict(params)
+                    moved[name] = params[name] + e * v
+                    return _run(cell, params, batch, base, t, step_params=moved)
+                step[i, t, d] = _directional(f)
+    adjoint = np.zeros((len(adjoint_dirs), T, len(adjoint_dirs[0][0]) if adjoint_dirs else 0))
+    for layer, by_step in enumerate(adjoint_dirs):
+        for t in range(T):
+            for d, u in enumerate(by_step[t]):
+                adjoint[layer, t, d] = _directional(
+                    lambda e, t=t, u=u, layer=layer: _run(cell, params, batch, base, t,
+                                                          offset=(layer, e * u)))
+    return step, adjoint
+
+
+def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
+                     eps=STEP_SCALE):
+    """``_numeric``'s derivatives with the probes along a leading axis, for a cell whose
+    ``steps_take_probes`` (``probe_params`` stacks the parameters for ``step``).
+
+    For each step t, every +e v and -e v of the rows runs as one probe batch: step t with
+    the stacked parameters, then steps t + 1 .. T - 1 on (P, B, ...) states; likewise
+    every +e u and -e u of the state adjoints.  The same differences as ``_numeric``,
+    to rounding (the products run on stacked arrays).
+    """
+    T = batch.mask.shape[0]
+    x, states, outs = base
+    step = np.zeros((len(rows), T, len(step_dirs[0][0]) if rows else 0))
+    adjoint = np.zeros((len(adjoint_dirs), T, len(adjoint_dirs[0][0]) if adjoint_dirs else 0))
+    for t in range(T):
+        probes = [(i, d, rows[i][0], v) for i in range(len(rows))
+                  for d, v in enumerate(step_dirs[i][t])]
+        for chunk in _probe_chunks(probes, params):
+            P = 2 * len(chunk)
+            moved = {k: np.broadcast_to(v, (P,) + np.shape(v)) for k, v in params.items()}
+            for k, (_, _, name, v) in enumerate(chunk):
+                if moved[name].strides[0] == 0:
+                    moved[name] = moved[name].copy()
+                moved[name][2 * k] = params[name] + eps * v        # theta + e v, at step t only
+                moved[name][2 * k + 1] = params[name] + (-eps) * v
+            stack = cell.probe_params(moved)
+            x_t = cell.embed(stack, batch)[..., t, :, :]
+            state = cell.step(stack, states[t], x_t, batch.mask[t])
+            f = _finish(cell, params, batch, base, t, state, P)
+            for k, (i, d, _, _) in enumerate(chunk):
+                # (L(+e) - L(-e)) / 2e
+                step[i, t, d] = (f[2 * k] - f[2 * k + 1]) / (2.0 * eps)
+        probes = [(layer, d, u) for layer in range(len(adjoint_dirs))
+                  for d, u in enumerate(adjoint_dirs[layer][t])]
+        if probes:
+            P = 2 * len(probes)
+            state = [np.broadcast_to(s, (P,) + np.shape(s)).copy() for s in states[t + 1]]
+            for k, (layer, _, u) in enumerate(probes):
+                # the state carried out of step t, moved by +e u and -e u
+                state[layer][2 * k] = states[t + 1][layer] + eps * u
+                state[layer][2 * k + 1] = states[t + 1][layer] + (-eps) * u
+            f = _finish(cell, params, batch, base, t, state, P)
+            for k, (layer, d, _) in enumerate(probes):
+                adjoint[layer, t, d] = (f[2 * k] - f[2 * k + 1]) / (2.0 * eps)
+    return step, adjoint
+
+
+def _probe_chunks(probes, params):
+    """``probes`` in runs whose stacked copies of the parameters stay under STACK_BYTES."""
+    if not probes:
+        return []
+    largest = max(np.size(params[name]) for _, _, name, _ in probes)
+    size = max(1, STACK_BYTES // (16 * largest))           # two probes per direction
+    return [probes[i:i + size] for i in range(0, len(probes), size)]
+
+
+def _finish(cell, params, batch, base, t, state, P):
+    """The (P,) losses from ``state`` (leading probe axis), the state carried out of
+    step t: its output, steps t + 1 .. T - 1 with ``params``, the readout."""
+    x, _, outs = base
+    T = batch.mask.shape[0]
+    top = [cell.output(state)]
+    for u in range(t + 1, T):
+        state = cell.step(params, state, x[u], batch.mask[u])
+        top.append(cell.output(state))
+    shape = (P,) + np.shape(outs[0])
+    top = np.stack([np.broadcast_to(o, shape) for o in outs[:t] + top], axis=1)   # (P, T, B, H)
+    return np.broadcast_to(cell.readout_loss(params, top, batch), (P,))
+
+
 def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, Tolerance],
              *, directions: int = 2, seed: int = 0) -> Localisation | None:
     """Step-by-gate and state-adjoint errors of the hand BPTT, or None if the cell
@@ -224,21 +321,31 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
         blocks = spec.block_slices() or {None: tuple(slice(None) for _ in spec.shape)}
         rows += [(spec.name, name, idx, spec.layer if spec.layer is not None else 0)
                  for name, idx in blocks.items()]
+    # the random directions: v supported on one block of one parameter, u on one state
+    step_dirs = []
+    for name, _, idx, _ in rows:
+        by_step = []
+        for t in range(T):
+            by_step.append([])
+            for _ in range(directions):
+                v = np.zeros_like(params[name])
+                v[idx] = rng.choice([-1.0, 1.0], size=v[idx].shape)
+                by_step[t].append(v)
+        step_dirs.append(by_step)
+    adjoint_dirs = [[[rng.choice([-1.0, 1.0], size=adj[t].shape) for _ in range(directions)]
+                     for t in range(T)] for adj in adjoints]
+
+    numeric_of = _numeric_batched if getattr(cell, "steps_take_probes", False) else _numeric
+    step_numeric, adjoint_numeric = numeric_of(cell, params, batch, base, rows, step_dirs,
+                                               adjoint_dirs)
     step_excess = np.zeros((len(rows), T))
     step_values = np.zeros((len(rows), T, 2))
     for i, (name, block, idx, _) in enumerate(rows):
         tol = tolerances[name]
         for t in range(T):
-            for _ in range(directions):
-                v = np.zeros_like(params[name])
-                v[idx] = rng.choice([-1.0, 1.0], size=v[idx].shape)
+            for d, v in enumerate(step_dirs[i][t]):
                 analytic = float(np.sum(steps[name][t] * v))
-
-                def f(e, name=name, v=v, t=t):
-                    moved = dict(params)
-                    moved[name] = params[name] + e * v
-                    return _run(cell, params, batch, base, t, step_params=moved)
-                numeric = _directional(f)
+                numeric = step_numeric[i, t, d]
                 ex = _excess(analytic, numeric, tol)
                 if ex >= step_excess[i, t]:
                     step_excess[i, t], step_values[i, t] = ex, (analytic, numeric)
@@ -249,12 +356,9 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
     adjoint_values = np.zeros((layers, T, 2))
     for layer, adj in enumerate(adjoints):
         for t in range(T):
-            for _ in range(directions):
-                u = rng.choice([-1.0, 1.0], size=adj[t].shape)
+            for d, u in enumerate(adjoint_dirs[layer][t]):
                 analytic = float(np.sum(adj[t] * u))
-                numeric = _directional(
-                    lambda e, t=t, u=u, layer=layer: _run(cell, params, batch, base, t,
-                                                          offset=(layer, e * u)))
+                numeric = adjoint_numeric[layer, t, d]
                 ex = _excess(analytic, numeric, tol)
                 if ex >= adjoint_excess[layer, t]:
                     adjoint_excess[layer, t], adjoint_values[layer, t] = ex, (analytic, numeric)

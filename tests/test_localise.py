@@ -5,8 +5,10 @@ import pytest
 
 from cells.zoo.gru_bugs import BROKEN_GRUS
 from cells.gru import GRU, GRUConfig
+from cells.lstm import LSTM, LSTMConfig
 from gradcheck import check_gradients
-from gradcheck.localise import format_steps, localise
+from gradcheck.localise import _numeric, _numeric_batched, format_steps, localise
+from gradcheck.truncation import step_states
 from gradcheck.masks import make_mask
 from gradcheck.tolerance import resolve_tolerance
 
@@ -105,3 +107,84 @@ def test_a_step_that_updates_its_state_in_place_localises_as_the_reference():
     mine, reference = run(InPlaceStepGRU, layers=2), run(GRU, layers=2)
     assert np.array_equal(mine.step_values, reference.step_values)
     assert np.array_equal(mine.adjoint_values, reference.adjoint_values)
+
+
+class OneAtATimeGRU(GRU):
+    """The reference GRU with its step interface overridden: localised one run at a time."""
+
+    def step(self, params, state, x_t, m_t):
+        return super().step(params, state, x_t, m_t)
+
+
+def test_which_cells_run_their_probes_batched():
+    assert GRU(GRUConfig()).steps_take_probes
+    assert LSTM(LSTMConfig()).steps_take_probes
+    assert BROKEN_GRUS["reset-gate-derivative"](GRUConfig()).steps_take_probes
+    assert not OneAtATimeGRU(GRUConfig()).steps_take_probes
+    assert not InPlaceStepGRU(GRUConfig()).steps_take_probes
+
+
+LOCALISED = [
+    (GRU, GRUConfig, dict()),
+    (GRU, GRUConfig, dict(layers=2, reset="after", update="new")),
+    (GRU, GRUConfig, dict(embedding=True, readout="mean", gate="hard")),
+    (BROKEN_GRUS["reset-gate-derivative"], GRUConfig, dict(layers=2)),
+    (BROKEN_GRUS["mask-ignored-in-backward"], GRUConfig, dict()),
+    (LSTM, LSTMConfig, dict(layers=2)),
+    (LSTM, LSTMConfig, dict(embedding=True, readout="mean")),
+]
+
+
+@pytest.mark.parametrize("cls, config_class, fields", LOCALISED,
+                         ids=[f"{c.__name__}-{f}" for c, _, f in LOCALISED])
+def test_batched_probes_give_the_one_at_a_time_derivatives(cls, config_class, fields):
+    # the probes of a step as one batch: the same directional derivatives, to rounding
+    cell = cls(config_class(**fields))
+    rng = np.random.default_rng(3)
+    params = cell.init_params(rng)
+    mask = np.ones((5, 3))
+    mask[3:, 1] = 0
+    mask[1, 2] = 0
+    batch = cell.sample_batch(rng, 5, 3, mask)
+    x = cell.embed(params, batch)
+    base = (x,) + step_states(cell, params, x, batch.mask)
+    rows = [(s.name, b, idx, 0) for s in cell.param_specs() if s.name not in ("V", "c")
+            for b, idx in (s.block_slices() or {None: (slice(None),) * len(s.shape)}).items()]
+    step_dirs = []
+    for name, _, idx, _ in rows:
+        step_dirs.append([])
+        for _ in range(5):
+            step_dirs[-1].append([])
+            for _ in range(2):
+                v = np.zeros_like(params[name])
+                v[idx] = rng.choice([-1.0, 1.0], size=v[idx].shape)
+                step_dirs[-1][-1].append(v)
+    adj_dirs = [[[rng.choice([-1.0, 1.0], size=s.shape) for _ in range(2)] for _ in range(5)]
+                for s in base[1][0]]
+    one = _numeric(cell, params, batch, base, rows, step_dirs, adj_dirs)
+    batched = _numeric_batched(cell, params, batch, base, rows, step_dirs, adj_dirs)
+    for a, b in zip(one, batched):
+        assert a.shape == b.shape and np.abs(a).max() > 1e-3
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-8)
+
+
+def test_batched_probes_move_one_step_only():
+    # not vacuous: perturbing every step instead of step t alone changes the derivatives
+    cell = GRU(GRUConfig())
+    rng = np.random.default_rng(3)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 4, 3)
+    x = cell.embed(params, batch)
+    base = (x,) + step_states(cell, params, x, batch.mask)
+    rows = [("U0", "r", (slice(None), slice(0, 5)), 0)]
+    v = np.zeros_like(params["U0"])
+    v[:, :5] = 1.0
+    step_dirs = [[[v] for _ in range(4)]]
+    got = _numeric_batched(cell, params, batch, base, rows, step_dirs, [])[0][0, :, 0]
+    details = cell.gradient_details(params, batch)["step_contributions"]["U0"]
+    want = np.array([np.sum(details[t] * v) for t in range(4)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    whole = (cell.loss({**params, "U0": params["U0"] + 1e-6 * v}, batch)
+             - cell.loss({**params, "U0": params["U0"] - 1e-6 * v}, batch)) / 2e-6
+    assert not np.allclose(got, whole, rtol=1e-3)
+    assert np.isclose(got.sum(), whole, rtol=1e-6)
