@@ -51,6 +51,8 @@ except ImportError:                                     # the torch sections are
 SMALL = dict(steps=20, batch=8, input_size=16, hidden_size=32)
 BIG = dict(steps=50, batch=32, input_size=128, hidden_size=256)
 CLASSES = 2
+# a timed sample of a fast call averages enough calls to last this long (seconds)
+SAMPLE_SECONDS = 0.05
 
 
 # ------------------------------------------------------------------ timing
@@ -58,16 +60,23 @@ def median_time(fn, repeats: int, warmup: bool = True) -> float:
     """Median wall time of ``fn()`` in seconds.
 
     fn: the callable to time.
-    repeats: how many timed calls.
-    warmup: make one untimed call first.
+    repeats: how many timed samples.
+    warmup: make one untimed call first; it also sets how many calls one sample
+        averages: enough for ``SAMPLE_SECONDS`` (timeit's autorange), so that
+        sub-millisecond calls are not timed cold one by one.  Without warm-up
+        every sample is one call (for the slow cases).
     """
+    number = 1
     if warmup:
+        start = time.perf_counter()
         fn()
+        number = max(1, int(SAMPLE_SECONDS / max(time.perf_counter() - start, 1e-9)))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - start) / number)
     return statistics.median(times)
 
 

@@ -80,3 +80,22 @@ def test_update_new_convention_matches_numeric(reset, layers):
     # and it is a different cell from update="old" on the same parameters
     old = GRU(GRUConfig(update="old", reset=reset, layers=layers, readout="mean"))
     assert abs(old.loss(params, data) - cell.loss(params, data)) > 1e-6
+
+
+def test_gate_slopes_hoisted_or_step_by_step_give_the_same_gradient(config, monkeypatch):
+    # small layers compute the backward's gate slopes for all steps at once, large ones
+    # step by step (cells.gru.HOIST_BYTES): the same numbers either way
+    import cells.gru
+    cell = GRU(config)
+    mask = np.ones((5, 3))
+    mask[3:, 1] = 0
+    params, data = make_case(cell, seed=2, mask=mask)
+    hoisted = cell.gradient(params, data)
+    monkeypatch.setattr(cells.gru, "HOIST_BYTES", -1)
+    calls = []
+    original = GRU._step_slopes
+    monkeypatch.setattr(GRU, "_step_slopes", lambda self, *a: calls.append(1) or original(self, *a))
+    stepwise = cell.gradient(params, data)
+    assert len(calls) == 5 * config.layers                   # one call per step: not hoisted
+    for k in hoisted:
+        assert np.array_equal(hoisted[k], stepwise[k]), k

@@ -103,10 +103,10 @@ class MaskIgnoredInBackwardGRU(GRU):
     Wrong parameters: every recurrent parameter, whenever the mask has zeros.
     """
 
-    def _layer_step_backward(self, l, params, dh, h, step_cache, grads, out=None):
+    def _layer_step_backward(self, l, params, dh, h, step_cache, grads, **kwargs):
         a_rz, rz, n, q, mt = step_cache
         unmasked = (a_rz, rz, n, q, None)   # the bug: m_t taken as 1 (None: every sequence on)
-        return super()._layer_step_backward(l, params, dh, h, unmasked, grads, out=out)
+        return super()._layer_step_backward(l, params, dh, h, unmasked, grads, **kwargs)
 
 
 class BlogResetDeltaGRU(GRU):
