@@ -31,9 +31,10 @@ Three ways to run it, with the same numbers:
     the same operations on the same numbers as ``cell.loss``.  The passes
     run on ``probe_workers()`` threads (NumPy releases the GIL inside its
     loops), the BLAS pool held to one thread meanwhile; each pass writes its
-    own results, so the numbers do not depend on the thread count.  Cells
-    without ``losses``, and truncated BPTT (its surrogate losses run through
-    the step interface), take the one-at-a-time path.
+    own results, so the numbers do not depend on the thread count.  Truncated
+    BPTT's surrogate losses run the same way through the step interface when
+    the cell's steps take a probe axis (``truncation.surrogate_loss``'s
+    ``losses``).  Other cells without ``losses`` take the one-at-a-time path.
 
 ``complex_step(loss, params)``, ``batched_complex_step(cell, params, batch)``
     for a forward pass built from analytic functions, the complex step::
@@ -298,21 +299,22 @@ def _has_losses(cell) -> bool:
             and getattr(getattr(cell, "truncation", None), "kind", "full") == "full")
 
 
-def _batched_ready(cell, work, batch, f0, strict=True) -> bool:
+def _batched_ready(cell, work, batch, f0, strict=True, losses=None) -> bool:
     """Whether the vectorised path gives the one-at-a-time numbers here.
 
-    Besides ``_has_losses``, the vectorised loss at the unperturbed point, run
-    through the probe path, must be ``f0``, the scalar loss: to the bit when
-    ``strict`` (else to 1e-12 relative).  A loss that is not a function of its
-    inputs, or a BLAS that rounds stacked matrix products differently, falls
-    back to the one-at-a-time path.
+    Besides ``_has_losses`` (or ``losses`` given: a truncation surrogate's own), the
+    vectorised loss at the unperturbed point, run through the probe path, must be
+    ``f0``, the scalar loss: to the bit when ``strict`` (else to 1e-12 relative).
+    A loss that is not a function of its inputs, or a BLAS that rounds stacked
+    matrix products differently, falls back to the one-at-a-time path.
     """
-    if not _has_losses(cell):
-        return False
+    if losses is None:
+        if not _has_losses(cell):
+            return False
+        losses = lambda stack: cell.losses(stack, batch)       # noqa: E731
     first = next(iter(work))
     flat = work[first].reshape(-1)
-    both = cell.losses(_stack(work, first, np.zeros(2, dtype=int), np.full(2, flat[0]), cell),
-                       batch)
+    both = losses(_stack(work, first, np.zeros(2, dtype=int), np.full(2, flat[0]), cell))
     if strict:
         return bool(np.all(both == f0))
     return bool(np.all(np.abs(both - f0) <= 1e-12 * max(1.0, abs(f0))))
@@ -320,7 +322,7 @@ def _batched_ready(cell, work, batch, f0, strict=True) -> bool:
 
 def batched_central_differences(cell, params, batch, names=None, *, scale: float = STEP_SCALE,
                                 chunk=None, elements=None, out=None, loss=None,
-                                strict: bool = True, workers=None):
+                                strict: bool = True, workers=None, losses=None):
     """``{name: NumericGradient}``: central differences of the cell's loss, vectorised.
 
     cell: a cell with ``loss(params, batch)`` and, for the vectorised path,
@@ -337,6 +339,8 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
     strict: use the vectorised path only when its unperturbed loss is the scalar
         loss to the bit (else to 1e-12 relative).
     workers: threads running passes at once (``probe_workers``; 1: this thread only).
+    losses: the vectorised ``loss``, ``losses(stack)`` -> (P,) (default
+        ``cell.losses(stack, batch)``): a truncation surrogate's ``losses``.
 
     Same steps, same formulas and the same kink flags as ``central_differences``;
     each probe's loss is computed by the same operations as the scalar loss, so
@@ -344,11 +348,14 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
     to ``central_differences`` when ``_batched_ready`` says no.
     """
     loss = loss if loss is not None else (lambda p: cell.loss(p, batch))
+    vectorised = losses
+    if losses is None:
+        losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
-    workers = probe_workers(workers) if _has_losses(cell) else 1
+    workers = probe_workers(workers) if vectorised is not None or _has_losses(cell) else 1
     with _probe_pool(workers) as each:
         f0 = float(loss(work))
-        if not _batched_ready(cell, work, batch, f0, strict):
+        if not _batched_ready(cell, work, batch, f0, strict, vectorised):
             return central_differences(loss, params, names, scale=scale, elements=elements,
                                        out=out)
         size = probe_chunk(cell, batch, chunk, workers)
@@ -361,8 +368,8 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
             def one_pass(i, name=name, flat=flat, steps=steps, f_plus=f_plus, f_minus=f_minus):
                 # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
                 values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
-                losses = cell.losses(_stack(work, name, np.repeat(i, 2), values, cell), batch)
-                f_plus[i], f_minus[i] = losses[0::2], losses[1::2]
+                f = losses(_stack(work, name, np.repeat(i, 2), values, cell))
+                f_plus[i], f_minus[i] = f[0::2], f[1::2]
 
             each(one_pass, _chunks(_selected(elements, name, flat.size),
                                    _stack_limit(size, work[name], 2, cell, name)))
@@ -515,7 +522,9 @@ def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched"
     if method == "complex":
         return batched_complex_step(cell, params, batch, names, chunk=chunk, elements=elements,
                                     out=out, loss=loss, workers=workers)
-    if method == "batched" and not truncated:
+    if method == "batched" and (not truncated or hasattr(loss, "losses")):
+        # a truncation surrogate runs vectorised when it has its own ``losses``
         return batched_central_differences(cell, params, batch, names, scale=scale, chunk=chunk,
-                                           elements=elements, out=out, loss=loss, workers=workers)
+                                           elements=elements, out=out, loss=loss, workers=workers,
+                                           losses=getattr(loss, "losses", None))
     return central_differences(loss, params, names, scale=scale, elements=elements, out=out)

@@ -134,31 +134,48 @@ def surrogate_loss(cell, params0, batch, truncation: Truncation):
     """The loss whose exact gradient at ``params0`` is the truncated gradient.
 
     Returns ``loss(params)``; the frozen states are computed once, at ``params0``.
+    For a cell whose ``steps_take_probes`` the function also has ``losses(stack)``:
+    the (P,) surrogate losses of P parameter sets ``{name: (P, *shape)}`` in one
+    vectorised pass, every probe by the same operations as ``loss`` (see
+    ``cells.stacked.StackedCell.probe_params``).
     """
     T, B = batch.mask.shape
     mask = batch.mask
     # states_before[t] is the (all-layer) state entering step t, at params0
     states_before, outs0 = step_states(cell, params0, cell.embed(params0, batch), mask)
 
-    if truncation.kind == "full":
-        def loss(params):
-            x = cell.embed(params, batch)
+    def outputs(params, probes=False):
+        """What the readout sees of every step under the surrogate: (T, B, H), or
+        (P, T, B, H) for ``probe_params``' parameters (``probes``)."""
+        x = cell.embed(params, batch)
+        if probes and np.ndim(x) > 3:
+            x = np.moveaxis(x, -3, 0)                           # (T, P, B, D): step u's are x[u]
+        if truncation.kind == "full":
             _, outs = run_steps(cell, params, x, mask, cell.initial_state(B), 0, T)
-            return cell.readout_loss(params, np.stack(outs), batch)
-    elif truncation.kind == "tail":
-        start = truncation.window_start(T - 1, T)
-
-        def loss(params):
-            x = cell.embed(params, batch)
+        elif truncation.kind == "tail":
+            start = truncation.window_start(T - 1, T)
             _, outs = run_steps(cell, params, x, mask, states_before[start], start, T)
-            return cell.readout_loss(params, np.stack(outs0[:start] + outs), batch)
-    else:
-        def loss(params):
-            x = cell.embed(params, batch)
+            outs = outs0[:start] + outs
+        else:
             outs = []
             for t in range(T):
                 start = truncation.window_start(t, T)
                 state, _ = run_steps(cell, params, x, mask, states_before[start], start, t + 1)
                 outs.append(np.array(cell.output(state)))
-            return cell.readout_loss(params, np.stack(outs), batch)
+        if not probes:
+            return np.stack(outs)
+        # the frozen outputs are the same for every probe: (B, H) -> (P, B, H), unless no
+        # probe axis reached the steps (only the readout's parameters are stacked)
+        return np.stack(np.broadcast_arrays(*outs), axis=-3)
+
+    def loss(params):
+        return cell.readout_loss(params, outputs(params), batch)
+
+    if getattr(cell, "steps_take_probes", False):
+        def losses(stack):
+            P = next(len(v) for v in stack.values() if isinstance(v, np.ndarray))
+            params = cell.probe_params(stack)
+            top = outputs(params, probes=True)
+            return np.broadcast_to(cell.readout_loss(params, top, batch), (P,)).copy()
+        loss.losses = losses
     return loss

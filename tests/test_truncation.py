@@ -5,7 +5,9 @@ import pytest
 
 from cells.zoo.gru_bugs import OffByOneWindowGRU
 from cells.gru import GRU, GRUConfig
+from cells.lstm import LSTM, LSTMConfig
 from gradcheck import check_gradients
+from gradcheck.finite_differences import numeric_gradient
 from gradcheck.masks import make_mask
 from gradcheck.truncation import FULL, Truncation, parse_truncation, surrogate_loss
 
@@ -123,3 +125,56 @@ def test_bad_truncation_is_refused(truncate, kind, message):
 def test_parse_truncation():
     assert parse_truncation(-1, "tail") == FULL
     assert parse_truncation(4, "tail") == Truncation("tail", 4)
+
+
+class OneAtATimeGRU(GRU):
+    """The reference GRU with its step interface overridden: no vectorised surrogate."""
+
+    def step(self, params, state, x_t, m_t):
+        return super().step(params, state, x_t, m_t)
+
+
+@pytest.mark.parametrize("cls, config_class, fields", [
+    (GRU, GRUConfig, dict(truncate=2, truncation="window")),
+    (GRU, GRUConfig, dict(truncate=3, truncation="tail", layers=2, readout="mean")),
+    (GRU, GRUConfig, dict(truncate=1, truncation="window", embedding=True, reset="after",
+                          gate="hard")),
+    (LSTM, LSTMConfig, dict(truncate=2, truncation="window", layers=2)),
+    (LSTM, LSTMConfig, dict(truncate=2, truncation="tail", embedding=True)),
+], ids=lambda v: str(v) if isinstance(v, dict) else getattr(v, "__name__", None))
+def test_vectorised_surrogate_gives_the_one_at_a_time_numbers(cls, config_class, fields):
+    # the surrogate's probes in one pass: every element's difference to the bit
+    cell = cls(config_class(**fields))
+    rng = np.random.default_rng(4)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, STEPS, 3, make_mask("random", rng, STEPS, 3))
+    loss = surrogate_loss(cell, params, batch, cell.truncation)
+    assert hasattr(loss, "losses")
+    one = numeric_gradient(cell, params, batch, method="central", loss=loss)
+    calls = []
+    counted = lambda stack: calls.append(1) or loss.losses(stack)   # noqa: E731
+    counted_loss = lambda p: loss(p)                                 # noqa: E731
+    counted_loss.losses = counted
+    batched = numeric_gradient(cell, params, batch, method="batched", loss=counted_loss)
+    assert len(calls) > 1                                     # the vectorised path ran
+    for name in params:
+        assert np.array_equal(batched[name].value, one[name].value), name
+        assert np.array_equal(batched[name].kinks, one[name].kinks), name
+
+
+def test_surrogate_is_vectorised_only_for_steps_that_take_probes():
+    cell, params, batch = case(truncate=2, truncation="window")
+    assert hasattr(surrogate_loss(cell, params, batch, cell.truncation), "losses")
+    other = OneAtATimeGRU(cell.config)
+    assert not hasattr(surrogate_loss(other, params, batch, other.truncation), "losses")
+    # and the check still runs (one element at a time) and passes
+    assert check_gradients(other, params, batch, oracles="analytic,numeric").passed
+
+
+def test_vectorised_surrogate_still_catches_the_off_by_one_window():
+    cell, params, batch = case(truncate=2, truncation="window")
+    broken = OffByOneWindowGRU(cell.config)
+    loss = surrogate_loss(broken, params, batch, broken.truncation)
+    assert hasattr(loss, "losses")
+    result = check_gradients(broken, params, batch, oracles="analytic,numeric")
+    assert not result.passed
