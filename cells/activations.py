@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# a class axis this short is reduced class by class in log_softmax
+SHORT_AXIS = 8
+
 __all__ = ["GATES", "sigmoid", "sigmoid_grad", "hard_sigmoid", "hard_sigmoid_grad",
            "tanh_grad_from_output", "log_softmax"]
 
@@ -74,10 +77,24 @@ def log_softmax(logits):
 
     For complex logits (the complex step) the shift is the max of the real
     part: any shift constant along the axis gives the same function, so it
-    need not be differentiable.
+    need not be differentiable.  A short real axis (at most ``SHORT_AXIS``
+    classes) is reduced class by class: NumPy's reductions over a last axis of
+    2 cost more per row than the arithmetic (a third of a vectorised pass's
+    readout); the max is the same, the sum adds the classes in order.
     """
-    shifted = logits - np.real(logits).max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    K = logits.shape[-1]
+    if np.iscomplexobj(logits) or not 1 <= K <= SHORT_AXIS:
+        shifted = logits - np.real(logits).max(axis=-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    top = logits[..., 0].copy()
+    for k in range(1, K):
+        np.maximum(top, logits[..., k], out=top)
+    shifted = logits - top[..., None]
+    e = np.exp(shifted)
+    total = e[..., 0].copy()
+    for k in range(1, K):
+        total += e[..., k]
+    return shifted - np.log(total)[..., None]
 
 
 # name -> (function, derivative(a, g))

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cells.activations import log_softmax
 from cells.gru import GRU, GRUConfig
 from conftest import make_case
 from gradcheck import check_gradients
@@ -99,3 +100,17 @@ def test_gate_slopes_hoisted_or_step_by_step_give_the_same_gradient(config, monk
     assert len(calls) == 5 * config.layers                   # one call per step: not hoisted
     for k in hoisted:
         assert np.array_equal(hoisted[k], stepwise[k]), k
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 8, 9, 40])
+def test_log_softmax_short_and_long_class_axes(classes):
+    # up to SHORT_AXIS classes are reduced class by class, more by NumPy's reductions
+    rng = np.random.default_rng(classes)
+    logits = rng.normal(scale=5.0, size=(4, 6, classes))
+    logits[0, 0] = 800.0 * np.sign(rng.normal(size=classes))       # exp overflows unshifted
+    got = log_softmax(logits)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    want = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.exp(got).sum(axis=-1), 1.0, rtol=1e-14)
+    assert np.all(np.isfinite(got))
