@@ -105,7 +105,7 @@ class GRU(StackedCell):
         return [ParamSpec(f"bn{l}", (self.config.hidden_size,), ("h",), 0, layer=l)]
 
     # -------------------------------------------------- one step, and its BPTT
-    def _layer_step(self, l, params, h, xp_t, m_t, out=None):
+    def _layer_step(self, l, params, h, xp_t, m_t, out=None, blocks=None):
         """h_t of layer l from h = h_{t-1} (..., B, H) and xp_t = x_t W + b.
 
         xp_t: the pair ``(xp_rz, xp_h)``, x_t W + b of the gates r | z (..., B, 2H)
@@ -116,28 +116,30 @@ class GRU(StackedCell):
             full (..., B, width) shapes (see ``_step_buffers``; a_rz is None for
             sigmoid gates, q for reset "before"): the gates are computed in place
             there, with no per-step allocation and no copy into the backward cache.
+        blocks: ``_recurrent_blocks(l, params)``, when the caller has it from before
+            its time loop.
 
         Leading axes are probes (see ``losses``): ``U`` may be (P, H, 3H) and
         ``bn`` (P, 1, H).  Returns h_t and what the step's backward needs.
         """
         H = self.config.hidden_size
-        U = params[f"U{l}"]                                     # (H, 3H) r | z | h
+        U_rz, U_h, bn = blocks or self._recurrent_blocks(l, params)
         xp_rz, xp_h = xp_t
         a_out, rz_out, n_out, q_out, h_out = out or (None,) * 5
         # the sigmoid's slope needs its output only (a_rz is overwritten by it);
         # the hard sigmoid's needs a_rz itself
         keep_a = self.config.gate != "sigmoid"
         # a_{r|z} = x W_{r|z} + b_{r|z} + h U_{r|z}: one product for both gates
-        a_rz = np.matmul(h, U[..., :2 * H], out=a_out if keep_a else rz_out)
+        a_rz = np.matmul(h, U_rz, out=a_out if keep_a else rz_out)
         a_rz = add_into(a_rz, xp_rz)                            # (B, 2H)
         rz = self.gate(a_rz, out=rz_out if keep_a else a_rz)
         r, z = rz[..., :H], rz[..., H:]
         if self.config.reset == "before":
             q = None
-            n = np.matmul(r * h, U[..., 2 * H:], out=n_out)     # (r h) U_h  (B, H)
+            n = np.matmul(r * h, U_h, out=n_out)                # (r h) U_h  (B, H)
         else:
-            q = np.matmul(h, U[..., 2 * H:], out=q_out)         # h U_h + bn  (B, H)
-            q = add_into(q, params[f"bn{l}"])
+            q = np.matmul(h, U_h, out=q_out)                    # h U_h + bn  (B, H)
+            q = add_into(q, bn)
             n = np.multiply(r, q, out=n_out)
         n = add_into(n, xp_h)
         np.tanh(n, out=n)                                       # n = tanh(a_h)
@@ -152,6 +154,13 @@ class GRU(StackedCell):
         mt = m_t[:, None]                                       # (B, 1)
         h_t = add_into(multiply_into(h_new, mt), (1.0 - mt) * h)   # m h' + (1 - m) h
         return h_t, (a_kept, rz, n, q, mt)
+
+    def _recurrent_blocks(self, l, params):
+        """``(U_{r|z}, U_h, bn)`` of layer l: the views of U its step multiplies by (bn None
+        for reset "before")."""
+        H = self.config.hidden_size
+        U = params[f"U{l}"]                                     # (..., H, 3H) r | z | h
+        return U[..., :2 * H], U[..., 2 * H:], params.get(f"bn{l}")
 
     def _step_buffers(self, steps, shape, dtype, ws, l):
         """Empty arrays for ``_layer_step``'s ``out`` (all but h_t): ``(a_rz, rz, n, q)``, each
@@ -311,15 +320,18 @@ class GRU(StackedCell):
         bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype, ws, l)
         steps = []
         on = self._steps_all_on(mask)
-        for t in range(T):
+        blocks = self._recurrent_blocks(l, params)
+        # each step's views, made before the loop: inputs, states, and what it writes
+        xs = zip(np.moveaxis(xp_rz, -3, 0), np.moveaxis(xp_h, -3, 0))
+        states = list(hs)
+        kept = [[None] * T if buf is None else list(buf) if keep_steps else [buf[0]] * T
+                for buf in bufs]
+        for t, xp_t, *out in zip(range(T), xs, *kept, states[1:]):
             m_t = None if on[t] else mask[t]                    # None: no blend with h_{t-1}
-            xp_t = (xp_rz[..., t, :, :], xp_h[..., t, :, :])
-            i = t if keep_steps else 0
-            h_out = hs[t + 1]
-            out = tuple(None if buf is None else buf[i] for buf in bufs) + (h_out,)
-            h_t, step_cache = self._layer_step(l, params, hs[t], xp_t, m_t, out=out)
-            if h_t is not h_out:                                # a step that did not write in place
-                h_out[...] = h_t
+            h_t, step_cache = self._layer_step(l, params, states[t], xp_t, m_t, out=out,
+                                               blocks=blocks)
+            if h_t is not out[-1]:                              # a step that did not write in place
+                out[-1][...] = h_t
             if keep_steps:
                 steps.append(step_cache)
         return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps, a_rz=bufs[0],

@@ -32,7 +32,13 @@ from math import prod
 
 import numpy as np
 
-__all__ = ["Workspace", "active", "reusing_arrays", "release"]
+__all__ = ["Workspace", "active", "reusing_arrays", "release", "REUSE_BYTES"]
+
+# smaller arrays are allocated afresh: malloc serves them from its free lists
+# (glibc maps arrays of 128 KiB and more afresh from the kernel), and a view
+# of a kept buffer costs more than a small allocation (measured 4% of a small
+# GRU's forward and backward)
+REUSE_BYTES = 1 << 17
 
 
 class Workspace:
@@ -47,12 +53,13 @@ class Workspace:
         self._buffers: dict = {}
 
     def empty(self, name, shape, dtype=np.float64) -> np.ndarray:
-        """An uninitialised C-contiguous array; with reuse, a view of buffer ``name``
-        (grown when too small), valid until the next request for ``name``."""
+        """An uninitialised C-contiguous array; with reuse and at least ``REUSE_BYTES``, a
+        view of buffer ``name`` (grown when too small), valid until the next request
+        for ``name``."""
         dtype = np.dtype(dtype)
-        if not self.reuse:
-            return np.empty(shape, dtype)
         size = prod(shape)
+        if not self.reuse or size * dtype.itemsize < REUSE_BYTES:
+            return np.empty(shape, dtype)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
             buf = self._buffers[name] = np.empty(size, dtype)

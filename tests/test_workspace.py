@@ -9,6 +9,12 @@ from cells.gru import GRU, GRUConfig
 from conftest import make_case
 
 
+@pytest.fixture(autouse=True)
+def reuse_every_size(monkeypatch):
+    """The tests' arrays are small: reuse them all, as large ones are."""
+    monkeypatch.setattr(workspace, "REUSE_BYTES", 0)
+
+
 def fresh(cell, params, data):
     """loss_and_gradient with every array new (no workspace)."""
     with workspace.reusing_arrays(enabled=False):
@@ -101,3 +107,12 @@ def test_reuse_is_what_the_context_says(enabled):
         _, c1 = cell.forward(p1, data)
         _, c2 = cell.forward(p1, data)
     assert np.shares_memory(c1["layers"][0]["hs"], c2["layers"][0]["hs"]) == enabled
+
+
+def test_small_arrays_are_allocated_afresh(monkeypatch):
+    monkeypatch.setattr(workspace, "REUSE_BYTES", 1 << 17)
+    ws = workspace.Workspace(reuse=True)
+    small = ws.empty("a", (100, 100))                           # 80,000 bytes
+    assert not np.shares_memory(small, ws.empty("a", (100, 100)))
+    large = ws.empty("b", (200, 100))                           # 160,000 bytes
+    assert np.shares_memory(large, ws.empty("b", (200, 100)))
