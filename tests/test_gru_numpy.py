@@ -114,3 +114,26 @@ def test_log_softmax_short_and_long_class_axes(classes):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
     np.testing.assert_allclose(np.exp(got).sum(axis=-1), 1.0, rtol=1e-14)
     assert np.all(np.isfinite(got))
+
+
+class OwnArraysGRU(GRU):
+    """A GRU whose step ignores the arrays it is given and returns new ones."""
+
+    def _layer_step(self, l, params, h, xp_t, m_t, out=None, blocks=None):
+        return super()._layer_step(l, params, h, xp_t, m_t)
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(gate="hard", reset="before", layers=2)],
+                         ids=str)
+def test_a_step_that_makes_its_own_arrays_gives_the_same_gradient(fields):
+    # the backward pass reads the layer's (T, ...) arrays; a step that did not write into
+    # them has its results copied there
+    mask = np.ones((5, 3))
+    mask[3:, 1] = 0
+    ref = GRU(GRUConfig(**fields))
+    params, data = make_case(ref, seed=3, mask=mask)
+    want = ref.loss_and_gradient(params, data)
+    got = OwnArraysGRU(GRUConfig(**fields)).loss_and_gradient(params, data)
+    assert got[0] == want[0]
+    for k in want[1]:
+        assert np.array_equal(got[1][k], want[1][k]), k
