@@ -248,8 +248,8 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
             P = 2 * len(chunk)
             moved = {k: np.broadcast_to(v, (P,) + np.shape(v)) for k, v in params.items()}
             for k, (_, _, name, v) in enumerate(chunk):
-                if moved[name].strides[0] == 0:
-                    moved[name] = moved[name].copy()
+                if moved[name].strides[0] == 0:                 # P copies, in the sums' dtype
+                    moved[name] = moved[name].astype(np.result_type(params[name], v, eps))
                 moved[name][2 * k] = params[name] + eps * v        # theta + e v, at step t only
                 moved[name][2 * k + 1] = params[name] + (-eps) * v
             stack = cell.probe_params(moved)

@@ -188,3 +188,22 @@ def test_batched_probes_move_one_step_only():
              - cell.loss({**params, "U0": params["U0"] - 1e-6 * v}, batch)) / 2e-6
     assert not np.allclose(got, whole, rtol=1e-3)
     assert np.isclose(got.sum(), whole, rtol=1e-6)
+
+
+def test_batched_probes_of_float32_parameters_move_in_float64():
+    # theta + e v of a float32 parameter is a float64 sum, as one run at a time makes it
+    cell = GRU(GRUConfig(embedding=True))
+    rng = np.random.default_rng(3)
+    params = {k: v.astype(np.float32) for k, v in cell.init_params(rng).items()}
+    batch = cell.sample_batch(rng, 4, 3)
+    x = cell.embed(params, batch)
+    base = (x,) + step_states(cell, params, x, batch.mask)
+    rows = [("U0", "r", (slice(None), slice(0, 5)), 0)]
+    v = np.zeros(params["U0"].shape)
+    v[:, :5] = 1.0
+    step_dirs = [[[v] for _ in range(4)]]
+    adj_dirs = [[[rng.choice([-1.0, 1.0], size=base[1][0][0].shape)] for _ in range(4)]]
+    one = _numeric(cell, params, batch, base, rows, step_dirs, adj_dirs)
+    batched = _numeric_batched(cell, params, batch, base, rows, step_dirs, adj_dirs)
+    for a, b in zip(one, batched):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-8)
