@@ -18,7 +18,8 @@ fresh arrays, never the outer call's.  Outside any context ``active()`` hands
 out fresh arrays, so ``forward``'s cache stays the caller's to keep.
 
 A thread's buffers live as long as the thread: up to the largest working set
-of a call it made.  ``release()`` frees the calling thread's buffers.  The
+of a call it made, at most ``KEEP_LIMIT_BYTES`` (1 GiB; beyond it arrays are
+allocated afresh).  ``release()`` frees the calling thread's buffers.  The
 numeric oracle's vectorised passes (``losses``) do not use it: they run on
 worker threads that end with the oracle, and measured slower with it (their
 arrays are capped in size, and malloc reuses them within a pass).
@@ -32,13 +33,17 @@ from math import prod
 
 import numpy as np
 
-__all__ = ["Workspace", "active", "reusing_arrays", "release", "REUSE_BYTES"]
+__all__ = ["Workspace", "active", "reusing_arrays", "release", "REUSE_BYTES",
+           "KEEP_LIMIT_BYTES"]
 
 # smaller arrays are allocated afresh: malloc serves them from its free lists
 # (glibc maps arrays of 128 KiB and more afresh from the kernel), and a view
 # of a kept buffer costs more than a small allocation (measured 4% of a small
 # GRU's forward and backward)
 REUSE_BYTES = 1 << 17
+# a thread keeps at most this many bytes of buffers; past it, arrays are allocated
+# afresh (a very large cell's working set is not held between calls)
+KEEP_LIMIT_BYTES = 1 << 30
 
 
 class Workspace:
@@ -62,6 +67,9 @@ class Workspace:
             return np.empty(shape, dtype)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
+            kept = sum(b.nbytes for k, b in self._buffers.items() if k != name)
+            if kept + size * dtype.itemsize > KEEP_LIMIT_BYTES:
+                return np.empty(shape, dtype)                   # not kept: over the limit
             buf = self._buffers[name] = np.empty(size, dtype)
         return buf[:size].reshape(shape)
 

@@ -116,3 +116,16 @@ def test_small_arrays_are_allocated_afresh(monkeypatch):
     assert not np.shares_memory(small, ws.empty("a", (100, 100)))
     large = ws.empty("b", (200, 100))                           # 160,000 bytes
     assert np.shares_memory(large, ws.empty("b", (200, 100)))
+
+
+def test_buffers_past_the_limit_are_not_kept(monkeypatch):
+    monkeypatch.setattr(workspace, "KEEP_LIMIT_BYTES", 1000)
+    ws = workspace.Workspace(reuse=True)
+    a = ws.empty("a", (100,))                                   # 800 bytes: kept
+    assert np.shares_memory(a, ws.empty("a", (100,)))
+    b = ws.empty("b", (50,))                                    # 800 + 400 > 1000: fresh
+    assert not np.shares_memory(b, ws.empty("b", (50,)))
+    c = ws.empty("a", (120,))                                   # regrown: 960 bytes, kept
+    assert np.shares_memory(c, ws.empty("a", (120,)))
+    d = ws.empty("a", (130,))                                   # 1040 bytes alone: fresh
+    assert not np.shares_memory(d, ws.empty("a", (130,)))
