@@ -299,19 +299,15 @@ def _has_losses(cell) -> bool:
             and getattr(getattr(cell, "truncation", None), "kind", "full") == "full")
 
 
-def _batched_ready(cell, work, batch, f0, strict=True, losses=None) -> bool:
-    """Whether the vectorised path gives the one-at-a-time numbers here.
+def _batched_ready(cell, work, losses, f0, strict=True) -> bool:
+    """Whether the vectorised ``losses`` give the one-at-a-time numbers here.
 
-    Besides ``_has_losses`` (or ``losses`` given: a truncation surrogate's own), the
-    vectorised loss at the unperturbed point, run through the probe path, must be
-    ``f0``, the scalar loss: to the bit when ``strict`` (else to 1e-12 relative).
-    A loss that is not a function of its inputs, or a BLAS that rounds stacked
-    matrix products differently, falls back to the one-at-a-time path.
+    The vectorised loss at the unperturbed point, run through the probe path,
+    must be ``f0``, the scalar loss: to the bit when ``strict`` (else to 1e-12
+    relative).  A loss that is not a function of its inputs, or a BLAS that
+    rounds stacked matrix products differently, falls back to the one-at-a-time
+    path.
     """
-    if losses is None:
-        if not _has_losses(cell):
-            return False
-        losses = lambda stack: cell.losses(stack, batch)       # noqa: E731
     first = next(iter(work))
     flat = work[first].reshape(-1)
     both = losses(_stack(work, first, np.zeros(2, dtype=int), np.full(2, flat[0]), cell))
@@ -348,14 +344,15 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
     to ``central_differences`` when ``_batched_ready`` says no.
     """
     loss = loss if loss is not None else (lambda p: cell.loss(p, batch))
-    vectorised = losses
+    # a surrogate's own losses, or the cell's when ``_has_losses`` says they stand in
+    vectorised = losses is not None or _has_losses(cell)
     if losses is None:
         losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
-    workers = probe_workers(workers) if vectorised is not None or _has_losses(cell) else 1
+    workers = probe_workers(workers) if vectorised else 1
     with _probe_pool(workers) as each:
         f0 = float(loss(work))
-        if not _batched_ready(cell, work, batch, f0, strict, vectorised):
+        if not (vectorised and _batched_ready(cell, work, losses, f0, strict)):
             return central_differences(loss, params, names, scale=scale, elements=elements,
                                        out=out)
         size = probe_chunk(cell, batch, chunk, workers)

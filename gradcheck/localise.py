@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck.finite_differences import STACK_BYTES, STEP_SCALE
+from gradcheck.finite_differences import STEP_SCALE, _chunks, _stack_limit
 from gradcheck.params import ParamSpec
 from gradcheck.tolerance import Tolerance
 from gradcheck.truncation import run_steps, step_states
@@ -275,12 +275,12 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
 
 
 def _probe_chunks(probes, params):
-    """``probes`` in runs whose stacked copies of the parameters stay under STACK_BYTES."""
+    """``probes`` in runs whose stacked copies of the parameters stay under STACK_BYTES
+    (two probes per direction, each a copy of the largest parameter moved)."""
     if not probes:
         return []
-    largest = max(np.size(params[name]) for _, _, name, _ in probes)
-    size = max(1, STACK_BYTES // (16 * largest))           # two probes per direction
-    return [probes[i:i + size] for i in range(0, len(probes), size)]
+    largest = max((params[name] for _, _, name, _ in probes), key=np.size)
+    return _chunks(probes, _stack_limit(len(probes), np.asarray(largest, np.float64), 2))
 
 
 def _finish(cell, params, batch, base, t, state, P):

@@ -207,3 +207,24 @@ def test_batched_probes_of_float32_parameters_move_in_float64():
     batched = _numeric_batched(cell, params, batch, base, rows, step_dirs, adj_dirs)
     for a, b in zip(one, batched):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-8)
+
+
+def test_batched_probes_in_small_chunks_give_the_same_derivatives(monkeypatch):
+    # a large parameter's probes run in several batches (finite_differences.STACK_BYTES)
+    import gradcheck.finite_differences as fd
+    cell = GRU(GRUConfig(layers=2))
+    rng = np.random.default_rng(5)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 4, 3)
+    calls = []
+    original = GRU.step
+    monkeypatch.setattr(GRU, "step", lambda self, *a: calls.append(1) or original(self, *a))
+    loc = localise(cell, params, batch, cell.param_specs(),
+                   {n: resolve_tolerance() for n in params}, seed=5)
+    whole, calls[:] = len(calls), []
+    monkeypatch.setattr(fd, "STACK_BYTES", 1)                # one direction (two probes) a batch
+    small = localise(cell, params, batch, cell.param_specs(),
+                     {n: resolve_tolerance() for n in params}, seed=5)
+    assert len(calls) > whole                                 # more, smaller batches ran
+    np.testing.assert_allclose(small.step_values, loc.step_values, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(small.adjoint_values, loc.adjoint_values, rtol=1e-9, atol=1e-12)
