@@ -330,14 +330,7 @@ class GRU(StackedCell):
             m_t = None if on[t] else mask[t]                    # None: no blend with h_{t-1}
             h_t, step_cache = self._layer_step(l, params, states[t], xp_t, m_t, out=out,
                                                blocks=blocks)
-            a_out, rz_out, n_out, q_out, h_out = out
-            if (h_t is not h_out or step_cache[1] is not rz_out or step_cache[2] is not n_out
-                    or step_cache[0] is not a_out or step_cache[3] is not q_out):
-                # a step that did not write in place: its arrays copied where the backward
-                # pass (and _recurrent_grads, _step_slopes) read them
-                for buf, got in zip(out, step_cache[:4] + (h_t,)):
-                    if buf is not None:
-                        buf[...] = got
+            self._written(out, step_cache[:4] + (h_t,))         # where the backward pass reads
             if keep_steps:
                 steps.append(step_cache)
         return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps, a_rz=bufs[0],

@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cells import workspace
 from cells.activations import GATES, tanh_grad_from_output
-from cells.stacked import READOUTS, StackedCell, validate_config
+from cells.stacked import READOUTS, StackedCell, add_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
 
@@ -86,61 +87,116 @@ class LSTM(StackedCell):
     gate_blocks = GATE_BLOCKS
 
     # -------------------------------------------------- one step, and its BPTT
-    def _layer_step(self, l, params, s, xp_t, m_t):
-        """s_t = [h_t | c_t] of layer l from s_{t-1} (..., B, 2H) and xp_t = x_t W + b (..., B, 4H).
+    def _layer_step(self, l, params, s, xp_t, m_t, out=None, blocks=None):
+        """s_t = [h_t | c_t] of layer l from s_{t-1} (..., B, 2H) and xp_t = x_t W + b.
+
+        xp_t: the pair ``(xp_ifo, xp_c)``, x_t W + b of the gates i | f | o (..., B, 3H)
+            and of the candidate (..., B, H); each block is kept contiguous, so that
+            the gate arithmetic runs over contiguous arrays.
+        m_t: the step's mask (B,), or None when every sequence is on (s_t = s'_t).
+        out: None, or the arrays the step writes into, ``(a_ifo, ifo, u, tc, s_t)`` of
+            the full (..., B, width) shapes (see ``_step_buffers``; a_ifo is None for
+            sigmoid gates): the gates are computed in place there, with no per-step
+            allocation and no copy into the backward cache.
+        blocks: ``_recurrent_blocks(l, params)``, when the caller has it from before
+            its time loop.
 
         Leading axes are probes (see ``losses``): ``U`` may be (P, H, 4H).
-        Returns s_t and what the step's backward needs.
+        Returns s_t and what the step's backward needs, ``(a_ifo, ifo, u, tc, mt)``:
+        the gates' pre-activations (hard gates only), the gates, the candidate,
+        tanh(c'_t) and the mask column.
         """
         H = self.config.hidden_size
+        U_ifo, U_c = blocks or self._recurrent_blocks(l, params)
+        xp_ifo, xp_c = xp_t
+        a_out, ifo_out, u_out, tc_out, s_out = out or (None,) * 5
         h, c = s[..., :H], s[..., H:]                           # h_{t-1}, c_{t-1} (B, H)
-        a = xp_t + h @ params[f"U{l}"]                          # (B, 4H) i | f | o | c
-        ifo = self.gate(a[..., :3 * H])                         # (B, 3H) gates
+        # the sigmoid's slope needs its output only (a_ifo is overwritten by it); the
+        # hard sigmoid's needs a_ifo itself
+        keep_a = self.config.gate != "sigmoid"
+        # a = x W + b + h U: the gates i | f | o, then the candidate's block c
+        a_ifo = np.matmul(h, U_ifo, out=a_out if keep_a else ifo_out)
+        a_ifo = add_into(a_ifo, xp_ifo)                         # (B, 3H)
+        ifo = self.gate(a_ifo, out=ifo_out if keep_a else a_ifo)   # i, f, o = g(a_i), g(a_f), g(a_o)
         i, f, o = ifo[..., :H], ifo[..., H:2 * H], ifo[..., 2 * H:]
-        u = np.tanh(a[..., 3 * H:])                             # (B, H) candidate c~
-        c_new = f * c + i * u
-        tc = np.tanh(c_new)
-        h_new = o * tc
+        u = add_into(np.matmul(h, U_c, out=u_out), xp_c)        # a_c (B, H)
+        np.tanh(u, out=u)                                       # u = tanh(a_c), candidate c~
+        if s_out is None:
+            s_out = np.empty(np.broadcast_shapes(u.shape[:-1] + (2 * H,), s.shape), u.dtype)
+        # c'_t = f * c_{t-1} + i * u
+        c_new = np.multiply(f, c, out=s_out[..., H:])
+        tc = np.multiply(i, u, out=tc_out)                      # i u; then tanh(c'_t), in place
+        c_new += tc
+        np.tanh(c_new, out=tc)                                  # (B, H)
+        # h'_t = o * tanh(c'_t)
+        np.multiply(o, tc, out=s_out[..., :H])
+        a_kept = a_ifo if keep_a else None
+        if m_t is None:                                         # every sequence on: s_t = s'_t
+            return s_out, (a_kept, ifo, u, tc, None)
+        # masked steps carry both h and c over: s_t = m s'_t + (1 - m) s_{t-1}
         mt = m_t[:, None]                                       # (B, 1)
-        s_new = np.concatenate([mt * h_new + (1.0 - mt) * h,
-                                mt * c_new + (1.0 - mt) * c], axis=-1)
-        return s_new, (a, ifo, u, tc, mt)
+        s_out *= mt
+        s_out += (1.0 - mt) * s
+        return s_out, (a_kept, ifo, u, tc, mt)
 
-    def _layer_step_backward(self, l, params, ds, s, step_cache, grads=None):
+    def _recurrent_blocks(self, l, params):
+        """``(U_{i|f|o}, U_c)`` of layer l: the views of U its step multiplies by."""
+        H = self.config.hidden_size
+        U = params[f"U{l}"]                                     # (..., H, 4H) i | f | o | c
+        return U[..., :3 * H], U[..., 3 * H:]
+
+    def _step_buffers(self, steps, shape, dtype, ws, l):
+        """Empty arrays for ``_layer_step``'s ``out`` (all but s_t): ``(a_ifo, ifo, u, tc)``,
+        each (steps, *shape, width), a_ifo None for sigmoid gates; from workspace ``ws``
+        under names of layer l."""
+        H = self.config.hidden_size
+
+        def empty(name, width, needed=True):
+            return ws.empty((name, l), (steps,) + shape + (width,), dtype) if needed else None
+        return (empty("a_ifo", 3 * H, self.config.gate != "sigmoid"), empty("ifo", 3 * H),
+                empty("u", H), empty("tc", H))
+
+    def _layer_step_backward(self, l, params, ds, s, step_cache, grads=None, out=None):
         """BPTT of one step: dL/ds_t -> (dL/ds_{t-1}, dL/dxp_t).
 
-        ds = [dL/dh_t | dL/dc_t] (B, 2H); s = s_{t-1} = [h_{t-1} | c_{t-1}].  The
-        gradient of U is formed by ``_recurrent_grads`` from dL/dxp_t of all
+        ds = [dL/dh_t | dL/dc_t] (B, 2H); s = s_{t-1} = [h_{t-1} | c_{t-1}].
+        out: None, or a (B, 4H) array (a row of the layer's array) to write dL/dxp_t into.
+
+        The gradient of U is formed by ``_recurrent_grads`` from dL/dxp_t of all
         steps at once; ``grads`` is not used (it stays for wrapping subclasses).
         """
         H = self.config.hidden_size
         U = params[f"U{l}"]
-        a, ifo, u, tc, mt = step_cache
+        a_ifo, ifo, u, tc, mt = step_cache
         i, f, o = ifo[:, :H], ifo[:, H:2 * H], ifo[:, 2 * H:]
         h, c = s[:, :H], s[:, H:]                               # h_{t-1}, c_{t-1}
         dh, dc = ds[:, :H], ds[:, H:]
-        # h_t = m h'_t + (1 - m) h_{t-1},  c_t = m c'_t + (1 - m) c_{t-1}
-        dh_new = mt * dh
-        dc_new = mt * dc
-        dh_prev = (1.0 - mt) * dh
-        dc_prev = (1.0 - mt) * dc
+        da = np.empty(dh.shape[:-1] + (4 * H,)) if out is None else out
+        da_i, da_f, da_o, da_c = (da[:, k * H:(k + 1) * H] for k in range(4))
+        # h_t = m h'_t + (1 - m) h_{t-1},  c_t = m c'_t + (1 - m) c_{t-1};  mt None: m = 1
+        dh_new = dh if mt is None else mt * dh
+        dc_new = dc if mt is None else mt * dc
         # h'_t = o * tanh(c'_t)
-        do = dh_new * tc
-        dc_new = dc_new + dh_new * o * tanh_grad_from_output(tc)
+        np.multiply(dh_new, tc, out=da_o)                       # do
+        d = tanh_grad_from_output(tc)                           # dc' = dc + dh' o (1 - tanh^2 c')
+        d *= o
+        d *= dh_new
+        dc_new = add_into(d, dc_new)
         # c'_t = f * c_{t-1} + i * u
-        df = dc_new * c
-        di = dc_new * u
-        du = dc_new * i
-        dc_prev += dc_new * f
-        # u = tanh(a_c)
-        da_c = du * tanh_grad_from_output(u)                    # (B, H)
+        np.multiply(dc_new, u, out=da_i)                        # di
+        np.multiply(dc_new, c, out=da_f)                        # df
+        # u = tanh(a_c):  da_c = du (1 - u^2),  du = dc' i
+        np.multiply(dc_new, i, out=da_c)
+        da_c *= tanh_grad_from_output(u)                        # (B, H)
         # i, f, o = g(a_i), g(a_f), g(a_o)
-        gp = self.gate_grad(a[:, :3 * H], ifo)                  # (B, 3H)
-        da_ifo = np.concatenate([di, df, do], axis=1) * gp      # (B, 3H)
-        da = np.concatenate([da_ifo, da_c], axis=1)             # (B, 4H) i | f | o | c
-        # a = x W + h_{t-1} U + b
-        dh_prev += da @ U.T
-        return np.concatenate([dh_prev, dc_prev], axis=1), da   # (B, 2H), (B, 4H)
+        da[:, :3 * H] *= self.gate_grad(a_ifo, ifo)
+        ds_prev = np.empty(ds.shape)                            # (B, 2H)
+        np.multiply(dc_new, f, out=ds_prev[:, H:])              # dc_{t-1} = dc' f
+        # a = x W + h_{t-1} U + b:  dh_{t-1} = da U^T
+        np.matmul(da, U.T, out=ds_prev[:, :H])
+        if mt is not None:
+            ds_prev += (1.0 - mt) * ds
+        return ds_prev, da                                      # (B, 2H), (B, 4H)
 
     def _recurrent_grads(self, l, cache, dxp, steps, grads):
         """Add the gradient of U from dL/dxp_t of ``steps`` (a range), at once.
@@ -150,7 +206,7 @@ class LSTM(StackedCell):
         if not len(steps):                                      # an empty backward loop
             return
         H = self.config.hidden_size
-        h = np.stack([self._previous_state(cache["ss"], t)[:, :H] for t in steps])   # (n, B, H)
+        h = self._previous_states(cache["ss"], steps)[..., :H]  # (n, B, H)
         grads[f"U{l}"] += self._outer(h, dxp[steps.start:steps.stop])
 
     # ----------------------------------------------------- the step interface
@@ -164,8 +220,8 @@ class LSTM(StackedCell):
         H = self.config.hidden_size
         new = []
         for l, s in enumerate(state):
-            xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (B, 4H)
-            s_t, _ = self._layer_step(l, params, s, xp_t, m_t)
+            xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (..., B, 4H)
+            s_t, _ = self._layer_step(l, params, s, (xp_t[..., :3 * H], xp_t[..., 3 * H:]), m_t)
             new.append(s_t)
             x_t = s_t[..., :H]                                  # h_t feeds the layer above
         return new
@@ -183,16 +239,34 @@ class LSTM(StackedCell):
         """
         H = self.config.hidden_size
         T, B = mask.shape
-        xp = self._project(x, params[f"W{l}"], params[f"b{l}"])  # (..., T, B, 4H) all steps at once
+        W, b = params[f"W{l}"], params[f"b{l}"]
+        # x_t W + b of all steps at once, gates i | f | o and candidate apart (contiguous blocks)
+        ws = workspace.active()                                 # reused arrays, or fresh ones
+        xp_ifo = self._project(x, W[..., :3 * H], b[..., :3 * H], ws, ("xp_ifo", l))  # (..., T, B, 3H)
+        xp_c = self._project(x, W[..., 3 * H:], b[..., 3 * H:], ws, ("xp_c", l))      # (..., T, B, H)
         U = params[f"U{l}"]
-        lead = np.broadcast_shapes(xp.shape[:-3], np.shape(U)[:-2])
-        # ss[t + 1] = s_t = [h_t | c_t], ss[0] = s_{-1} = 0; complex under the complex step
-        ss = np.zeros((T + 1,) + lead + (B, 2 * H), dtype=np.result_type(xp, U))
-        steps, store = [], []
-        for t in range(T):
-            ss[t + 1], step_cache = self._layer_step(l, params, ss[t], xp[..., t, :, :], mask[t])
+        lead = np.broadcast_shapes(xp_ifo.shape[:-3], np.shape(U)[:-2])
+        dtype = np.result_type(xp_ifo, U)                       # complex under the complex step
+        # ss[t + 1] = s_t = [h_t | c_t], ss[0] = s_{-1} = 0
+        ss = ws.empty(("ss", l), (T + 1,) + lead + (B, 2 * H), dtype)
+        ss[0] = 0.0
+        # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
+        # or one (1, ..., B, width) set that every step reuses
+        bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype, ws, l)
+        kept = [[None] * T if buf is None else list(buf) if keep_steps else [buf[0]] * T
+                for buf in bufs]
+        on = self._steps_all_on(mask)
+        blocks = self._recurrent_blocks(l, params)
+        states = list(ss)
+        steps = []
+        xs = zip(np.moveaxis(xp_ifo, -3, 0), np.moveaxis(xp_c, -3, 0))
+        for t, xp_t, *out in zip(range(T), xs, *kept, states[1:]):
+            m_t = None if on[t] else mask[t]                    # None: no blend with s_{t-1}
+            s_t, step_cache = self._layer_step(l, params, states[t], xp_t, m_t, out=out,
+                                               blocks=blocks)
+            self._written(out, step_cache[:4] + (s_t,))         # where the backward pass reads
             if keep_steps:
-                steps.append(self._keep_step(store, t, T, step_cache))
+                steps.append(step_cache)
         return np.moveaxis(ss[1:, ..., :H], 0, -3), dict(x=x, ss=ss, steps=steps)
 
     def forward(self, params, batch: Batch):
@@ -210,6 +284,11 @@ class LSTM(StackedCell):
         """s_{t-1} = [h_{t-1} | c_{t-1}], the state entering step t; ``ss[0]`` is s_{-1} = 0."""
         return ss[t]
 
+    @staticmethod
+    def _previous_states(ss, steps):
+        """The states entering ``steps`` (a range), stacked: ``_previous_state`` of each."""
+        return ss[steps.start:steps.stop]
+
     def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch, record=None):
         """BPTT of every layer through steps t_hi down to t_lo; ``dtop`` is dL/dh_t of the
         top layer.  The adjoint of the state entering step t_lo (h and c) is dropped
@@ -223,18 +302,24 @@ class LSTM(StackedCell):
         for l in reversed(range(self.config.layers)):
             lc = cache["layers"][l]
             W = params[f"W{l}"]
-            dxp = np.zeros((T, B, W.shape[1]))                  # dL/d(x_t W + b)
-            carried = np.zeros((T, B, 2 * H))                   # dL/ds_t of the carried state
-            ds_next = np.zeros((B, 2 * H))                      # dL/ds_t through step t + 1
+            dxp = workspace.active().zeros(("dxp", l), (T, B, W.shape[1]))   # dL/d(x_t W + b)
+            carried = np.zeros((T, B, 2 * H)) if record is not None else None
+            ds = np.zeros((B, 2 * H))                           # dL/ds_t through step t + 1
             for t in range(t_hi, t_lo - 1, -1):
-                # total dL/dh_t adds the use above (readout or next layer); c_t has no other use
-                ds = np.concatenate([dabove[t] + ds_next[:, :H], ds_next[:, H:]], axis=1)
                 # s_t feeds step t + 1 (and, on top, the readout at t); a lower layer's
                 # h_t also feeds the layer above at t, which s_t excludes
-                carried[t] = ds if l == top else ds_next
+                if record is not None and l != top:
+                    carried[t] = ds
+                # total dL/dh_t adds the use above (readout or next layer); c_t has no other use
+                ds[:, :H] += dabove[t]
+                if record is not None and l == top:
+                    carried[t] = ds
                 s = self._previous_state(lc["ss"], t)           # s_{t-1}
-                ds_next, dxp[t] = self._layer_step_backward(l, params, ds, s, lc["steps"][t],
-                                                            grads)
+                row = dxp[t]
+                ds, da = self._layer_step_backward(l, params, ds, s, lc["steps"][t], grads,
+                                                   out=row)
+                if da is not row:                               # a step that wrote elsewhere
+                    row[...] = da
             if record is None:
                 self._recurrent_grads(l, lc, dxp, range(t_lo, t_hi + 1), grads)
             else:                                               # step by step, recorded

@@ -50,8 +50,6 @@ __all__ = ["StackedCell", "validate_config", "probe_stack", "READOUTS", "SIZE_FI
 READOUTS = ("lm", "mean")
 SIZE_FIELDS = ("input_size", "hidden_size", "layers", "classes", "vocab")
 HARD_GATE_NOT_ANALYTIC = "complex step needs analytic functions: the hard sigmoid's clip is not"
-# step caches at least this large are kept in preallocated (T, ...) arrays
-KEEP_BYTES = 1 << 15
 
 
 def probe_stack(params) -> tuple[int, dict[str, np.ndarray]]:
@@ -325,25 +323,13 @@ class StackedCell:
         raise NotImplementedError
 
     @staticmethod
-    def _keep_step(store, t, steps, step_cache):
-        """Step t's cache, copied into one preallocated (T, ...) array per large quantity.
-
-        One allocation per quantity instead of one per step: for arrays of
-        ``KEEP_BYTES`` and more, fresh pages cost more than the copy (small ones
-        are kept as they are).  Returns views, so the cache holds the same
-        values; ``store`` is a list, empty before step 0.  None entries stay None.
-        """
-        if not store:
-            store.extend(None if c is None or np.size(c) * 8 < KEEP_BYTES
-                         else np.empty((steps,) + np.shape(c), np.result_type(c))
-                         for c in step_cache)
-        kept = []
-        for buf, c in zip(store, step_cache):
-            if buf is not None:
-                buf[t] = c
-                c = buf[t]
-            kept.append(c)
-        return tuple(kept)
+    def _written(out, got):
+        """Copy a step's results ``got`` into the arrays ``out`` it was given to write into,
+        where it returned arrays of its own instead (a step that does not write in place):
+        the backward pass reads the ``out`` arrays.  None entries are skipped."""
+        for buf, value in zip(out, got):
+            if buf is not None and value is not buf:
+                buf[...] = value
 
     def losses(self, params, batch: Batch) -> np.ndarray:
         """The losses of P parameter sets in one vectorised forward pass (no backward).

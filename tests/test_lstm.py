@@ -186,7 +186,7 @@ def test_hard_gates_saturate_in_the_symbolic_cases():
                                    scale=2.0)
     _, cache = ref.forward(params, batch)
     H = ref.config.hidden_size
-    # step caches hold (a, gates, u, tanh c, mask): a[:, :3H] are the gate pre-activations
+    # step caches hold (a_ifo, gates, u, tanh c, mask): a_ifo (hard gates) the pre-activations
     a = np.concatenate([s[0][:, :3 * H].ravel() for lc in cache["layers"] for s in lc["steps"]])
     assert np.any(np.abs(a) > 2.5) and np.any(np.abs(a) < 2.5)
 
@@ -479,3 +479,25 @@ def test_broken_analytic_is_the_odd_one_out_of_three():
     assert result.odd_one_out() == "analytic"
     assert result.summary().startswith("fail: analytic is the odd one out")
     assert all(c.passed for c in result.comparisons if c.oracles == ("numeric", "autodiff"))
+
+
+class OwnArraysLSTM(LSTM):
+    """An LSTM whose step ignores the arrays it is given and returns new ones."""
+
+    def _layer_step(self, l, params, s, xp_t, m_t, out=None, blocks=None):
+        return super()._layer_step(l, params, s, xp_t, m_t)
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(gate="hard", layers=2, embedding=True)],
+                         ids=str)
+def test_a_step_that_makes_its_own_arrays_gives_the_same_gradient(fields):
+    # the backward pass reads the layer's (T, ...) arrays; a step that did not write into
+    # them has its results copied there (masked steps included)
+    config = LSTMConfig(**fields)
+    ref, params, batch = make_case(config, seed=4)
+    assert not np.all(batch.mask == 1.0)
+    want = ref.loss_and_gradient(params, batch)
+    got = OwnArraysLSTM(config).loss_and_gradient(params, batch)
+    assert got[0] == want[0]
+    for k in want[1]:
+        assert np.array_equal(got[1][k], want[1][k]), k
