@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 
@@ -67,14 +68,21 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
-    return value
+def _tolerance(what):
+    """The parser of --atol or --rtol: a number the tolerance model accepts for ``what``."""
+    def parse(text):
+        from gradcheck.tolerance import resolve_tolerance
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        try:
+            resolve_tolerance(**{what: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    parse.__name__ = what       # argparse names the type in its messages
+    return parse
 
 
 def _seed(text):
@@ -93,11 +101,16 @@ def _truncate(text):
 
 def _embedding_sample(text):
     if text == "all":
-        return None
+        return text
     value = _integer(text, " or 'all'")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 or more, or 'all'")
     return value
+
+
+def _version() -> str:
+    from gradcheck import __version__
+    return __version__
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -108,6 +121,7 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traceback", action="store_true",
                         help="show the full traceback of an internal error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -155,14 +169,14 @@ def make_parser() -> argparse.ArgumentParser:
     how.add_argument("--oracles", default=None, metavar="LIST",
                      help="comma-separated subset of analytic,numeric,autodiff (at least two; "
                           "default all three, or all the cell has)")
-    how.add_argument("--atol", type=_positive_float, default=None, metavar="X",
-                     help="absolute tolerance (default per dtype: 1e-6 for float64)")
-    how.add_argument("--rtol", type=_positive_float, default=None, metavar="X",
-                     help="relative tolerance (default per dtype: 1e-5 for float64)")
+    how.add_argument("--atol", type=_tolerance("atol"), default=None, metavar="X",
+                     help="absolute tolerance, 0 or more (default per dtype: 1e-6 for float64)")
+    how.add_argument("--rtol", type=_tolerance("rtol"), default=None, metavar="X",
+                     help="relative tolerance, 0 <= X < 1 (default per dtype: 1e-5 for float64)")
     how.add_argument("--bug", metavar="NAME", default=None,
                      help="check a deliberately broken variant of the cell instead "
                           "(test material; 'gradcheck list' names them)")
-    how.add_argument("--backend", choices=("pytensor", "theano"), default="pytensor",
+    how.add_argument("--backend", choices=("pytensor", "theano"), default=None,
                      help="library of the symbolic (autodiff) cell; default pytensor")
     how.add_argument("--mode", choices=("exact", "fast"), default="exact",
                      help="exact: every element by finite differences; fast: random directions per "
@@ -170,12 +184,12 @@ def make_parser() -> argparse.ArgumentParser:
     how.add_argument("--numeric", choices=("batched", "central", "complex"), default="batched",
                      help="numeric oracle: central differences batched through one forward pass, "
                           "one probe at a time, or complex step (sigmoid gates only); default batched")
-    how.add_argument("--directions", type=_positive_int, default=2, metavar="K",
+    how.add_argument("--directions", type=_positive_int, default=None, metavar="K",
                      help="random directions per gate block in fast mode (default 2)")
     how.add_argument("--max-elements", type=_positive_int, default=None, metavar="N",
                      help="differentiate at most N elements of each parameter numerically "
                           "(a seeded sample; default: all, or 4096 above 50,000 parameters)")
-    how.add_argument("--embedding-sample", type=_embedding_sample, default=8, metavar="N|all",
+    how.add_argument("--embedding-sample", type=_embedding_sample, default=None, metavar="N|all",
                      help="embedding rows the batch does not use to differentiate numerically "
                           "(a seeded sample); the rows it uses are differentiated in full and "
                           "every unused row's analytic gradient must be exactly 0; 'all' "
@@ -236,16 +250,34 @@ CONFIG_OPTIONS = {"input": "input_size", "hidden": "hidden_size", "layers": "lay
                   "readout": "readout", "embedding": "embedding", "truncate": "truncate",
                   "update": "update",
                   "truncation": "truncation"}
-BUILTIN_ONLY = ("mask", "bug")
+BUILTIN_ONLY = ("mask", "bug", "backend")
+
+
+def _checking(args) -> dict:
+    """The keyword arguments of ``check_gradients`` that the checking options set, with
+    the defaults for those not given; ValueError for an option the run would ignore."""
+    from gradcheck.check import parse_oracles
+    from gradcheck.sparse_rows import EMBEDDING_SAMPLE
+
+    if args.directions is not None and args.mode != "fast":
+        raise ValueError("--directions applies to --mode fast only")
+    sample = args.embedding_sample
+    return dict(
+        oracles=parse_oracles(args.oracles) if args.oracles is not None else None,
+        atol=args.atol, rtol=args.rtol, max_elements=args.max_elements, mode=args.mode,
+        numeric_method=args.numeric, directions=args.directions or 2,
+        embedding_sample=EMBEDDING_SAMPLE if sample is None else None if sample == "all"
+        else sample)
 
 
 def _given(args, names):
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def _check_file_target(args):
-    from gradcheck.check import check_gradients
+def _check_file_target(args, checking):
+    from gradcheck.check import ORACLES, check_gradients
     from gradcheck.loader import case_from_target, load_target
+    from gradcheck.runner import checking_options
 
     given = _given(args, list(CONFIG_OPTIONS) + list(BUILTIN_ONLY))
     if given:
@@ -255,26 +287,28 @@ def _check_file_target(args):
     name = args.cell.rpartition(":")[2]
     case = case_from_target(load_target(args.cell), name=name, steps=args.steps,
                             batch=args.batch, seed=args.seed)
+    asked = checking["oracles"]
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
-                             oracles=args.oracles or case.oracles, atol=args.atol, rtol=args.rtol,
-                             max_elements=args.max_elements, mode=args.mode,
-                             numeric_method=args.numeric, directions=args.directions,
-                             embedding_sample=args.embedding_sample,
+                             **{**checking, "oracles": asked or case.oracles},
                              seed=case.seed if case.seed is not None else args.seed,
                              cell_info={"target": args.cell, **case.info})
-    result.command = shlex.join(["gradcheck", "check", args.cell, "--steps", str(args.steps),
-                                 "--batch", str(args.batch), "--seed", str(args.seed)])
+    result.command = shlex.join(
+        ["gradcheck", "check", args.cell, "--steps", str(args.steps), "--batch", str(args.batch),
+         "--seed", str(args.seed)]
+        + checking_options(**{**checking, "oracles": asked or ORACLES}, embedding=True))
     return result
 
 
 def _run_check(args) -> int:
     from gradcheck.check import ORACLES
-    from gradcheck.loader import is_file_target
+    from gradcheck.loader import is_file_target, user_output_to_stderr
     from gradcheck.runner import check_builtin
     from gradcheck.text_report import format_result
 
+    checking = _checking(args)
     if is_file_target(args.cell):
-        result = _check_file_target(args)
+        with user_output_to_stderr(args.json):          # stdout: the JSON object only
+            result = _check_file_target(args, checking)
     else:
         from cells import get_cell
         fields = set(get_cell(args.cell).config_class.__dataclass_fields__)
@@ -283,12 +317,12 @@ def _run_check(args) -> int:
             if CONFIG_OPTIONS[option] not in fields:
                 raise ValueError(f"--{option} does not apply to cell {args.cell!r}")
             config[CONFIG_OPTIONS[option]] = value
+        if args.embedding_sample is not None and not config.get("embedding"):
+            raise ValueError("--embedding-sample applies to cells with --embedding only")
         result = check_builtin(
             args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
-            mask=args.mask or "none", oracles=args.oracles or ORACLES, bug=args.bug,
-            atol=args.atol, rtol=args.rtol, backend=args.backend,
-            max_elements=args.max_elements, mode=args.mode, numeric_method=args.numeric,
-            directions=args.directions, embedding_sample=args.embedding_sample, **config)
+            mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",
+            **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
     doc = result.as_dict()
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -369,6 +403,13 @@ def _run_report(args) -> int:
     return EXIT_PASS
 
 
+def _first_sentence(text) -> str:
+    """The first sentence of a docstring, on one line (a period ends a sentence after a
+    letter or a closing bracket, so ``t - k .. t`` and ``3.5`` do not)."""
+    flat = " ".join(text.split())
+    return re.split(r"(?<=[A-Za-z)\]])\.(?:\s|$)", flat)[0].rstrip(".") + "."
+
+
 def _run_list(args) -> int:
     from cells import CELLS
 
@@ -376,7 +417,7 @@ def _run_list(args) -> int:
     for name, entry in CELLS.items():
         print(f"{name.ljust(width)}  {entry.description}")
         for bug, cls in entry.broken().items():
-            doc = " ".join((cls.__doc__ or "").split()).split(". ")[0].rstrip(".") + "."
+            doc = _first_sentence(cls.__doc__ or "")
             print(f"{''.ljust(width)}    --bug {bug}: {doc}")
     return EXIT_PASS
 

@@ -116,7 +116,7 @@ def _loss_value(loss):
 def validate_config(config, choices) -> None:
     """ValueError naming the first bad field of a cell's configuration.
 
-    config: has the fields of :data:`SIZE_FIELDS` (positive integers),
+    config: has the fields of :data:`SIZE_FIELDS` (positive integers, classes at least 2),
         ``truncate`` and ``truncation`` (see gradcheck.truncation.parse_truncation).
     choices: ``(field, allowed values)`` pairs, checked in order after the sizes.
     """
@@ -124,6 +124,9 @@ def validate_config(config, choices) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+    if config.classes < 2:
+        raise ValueError(f"classes={config.classes!r} must be at least 2: a softmax over one "
+                         "class is 1 whatever its input, so the loss has no gradient")
     for name, allowed in choices:
         if getattr(config, name) not in allowed:
             raise ValueError(

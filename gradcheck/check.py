@@ -31,8 +31,9 @@ from gradcheck.sparse_rows import (EMBEDDING_SAMPLE, ROW_SAMPLE_STREAM, plan_spa
                                    probe_unused_rows, sample_mask, validate_embedding_sample)
 from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
+from gradcheck.user_cells import UserCodeError, check_gradient_dtypes
 
-__all__ = ["ORACLES", "CellError", "CheckResult", "check_gradients", "diagnose_truncation", "odd_one_out",
+__all__ = ["ORACLES", "CellError", "CheckCannotFail", "CheckResult", "check_gradients", "diagnose_truncation", "odd_one_out",
            "parse_oracles"]
 
 ORACLES = ("analytic", "numeric", "autodiff")
@@ -43,7 +44,11 @@ FORWARD_TOLERANCE = Tolerance(atol=1e-12, rtol=1e-9)
 def parse_oracles(oracles) -> tuple[str, ...]:
     """Validate a comma-separated string or sequence of oracle names (at least two)."""
     if isinstance(oracles, str):
-        oracles = [o.strip() for o in oracles.split(",") if o.strip()]
+        names = [o.strip() for o in oracles.split(",")]
+        if "" in names:
+            raise ValueError(f"oracles={oracles!r} has an empty name: a comma-separated list "
+                             f"such as analytic,numeric")
+        oracles = names
     oracles = tuple(oracles)
     unknown = [o for o in oracles if o not in ORACLES]
     if unknown:
@@ -251,13 +256,17 @@ class CellError(ValueError):
     """A cell (or its symbolic twin) raised while an oracle ran it."""
 
 
+class CheckCannotFail(ValueError):
+    """The check could not have failed: every gradient lies within the tolerance of zero."""
+
+
 def _timed(oracle, fn):
     """Run one oracle; an exception from the cell becomes a one-line CellError."""
     start = time.perf_counter()
     try:
         value = fn()
-    except (KeyboardInterrupt, MemoryError):
-        raise
+    except (KeyboardInterrupt, MemoryError, UserCodeError):
+        raise                       # UserCodeError: its one line already names the call
     except Exception as exc:
         raise CellError(f"the {oracle} oracle failed: the cell raised "
                         f"{type(exc).__name__}: {exc}") from exc
@@ -329,7 +338,9 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         :mod:`gradcheck.sparse_rows`).  None: every unused row differentiated too.
 
     A KeyboardInterrupt while the oracles run returns the partial result
-    (``interrupted`` set) instead of raising.
+    (``interrupted`` set) instead of raising.  Raises CheckCannotFail (a
+    ValueError) when every parameter's gradient, in every oracle, is within the
+    tolerance of zero: such a check passes whatever the analytic gradient is.
     """
     if oracles is None:
         oracles = ORACLES if symbolic is not None else ("analytic", "numeric")
@@ -372,11 +383,15 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     try:
         first_loss, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch),
                                                                "loss()"))
+        if not np.isfinite(first_loss):
+            raise CellError(f"loss() gave {first_loss!r} for the given parameters and data: "
+                            "gradients are checked where the loss is finite")
         if "analytic" in oracles:
             (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
                 "analytic", lambda: _loss_and_gradient(cell, native, batch))
             defects += _mutations(native, saved_params, batch, saved_batch, "the analytic oracle")
             validate_params(specs, grads["analytic"], what="analytic gradient")
+            check_gradient_dtypes(native, grads["analytic"], "the analytic gradient", exact=False)
         again, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch), "loss()"))
         if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
             defects.append(
@@ -447,6 +462,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     if any("numeric" in c.oracles for c in comparisons):
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
     result.notes += _zero_gradient_notes(specs, grads)
+    result.notes += _cannot_fail(specs, grads, tolerances)
     if localise and {"analytic", "numeric"} <= set(oracles):
         result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
                                               seed=seed if seed is not None else 0)
@@ -527,6 +543,42 @@ def _zero_gradient_notes(specs, grads) -> list[str]:
                 f"{' and '.join(others)} {'is' if len(others) == 1 else 'are'} not: a backward "
                 "loop that never runs (an empty range?), or a gradient never accumulated")
     return notes
+
+
+def _largest(grads, name) -> float:
+    """The largest finite |element| of parameter ``name``'s gradient in any oracle."""
+    return max((float(np.max(np.abs(np.nan_to_num(g[name], posinf=0.0, neginf=0.0)),
+                             initial=0.0)) for g in grads.values() if name in g), default=0.0)
+
+
+def _cannot_fail(specs, grads, tolerances) -> list[str]:
+    """Notes on parameters whose comparisons cannot fail; CheckCannotFail when none can.
+
+    A zero gradient agrees with b wherever |b| <= atol / (1 - rtol)
+    (``Tolerance.zero_bound``); when every oracle's gradient of a parameter lies
+    within that bound, an analytic gradient of zero would pass there.  Parameters
+    that are exactly zero everywhere have their own note (``_zero_gradient_notes``).
+    """
+    largest = {s.name: _largest(grads, s.name) for s in specs if s.size}
+    weak = [n for n, g in largest.items() if g <= tolerances[n].zero_bound]
+    if largest and len(weak) == len(largest):
+        if not any(largest.values()):
+            raise CheckCannotFail(
+                "every gradient is exactly zero in every oracle: nothing reaches the loss "
+                "(every step masked, or a loss that does not depend on the parameters), so "
+                "the check could not fail")
+        top = max(largest, key=largest.get)
+        tol = tolerances[top]
+        raise CheckCannotFail(
+            f"the tolerance (atol={tol.atol:g}, rtol={tol.rtol:g}) lets a zero gradient pass "
+            f"on every parameter: the largest gradient element is {largest[top]:.3g} (in {top}), "
+            f"within atol / (1 - rtol) = {tol.zero_bound:.3g}, so the check could not fail; "
+            "choose a smaller atol")
+    shown = [n for n in weak if largest[n] > 0]     # exactly zero ones have their own note
+    if not shown:
+        return []
+    return [f"a zero gradient would pass on {', '.join(shown)}: every element there is within "
+            "the tolerance's atol / (1 - rtol) of 0, so these comparisons cannot fail"]
 
 
 def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances,

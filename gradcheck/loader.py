@@ -13,24 +13,52 @@ NAME may be:
   tutorial's mean pooling and softmax on top); see :mod:`gradcheck.theano_layer`.
 
 Every problem is a :class:`UserCodeError` (a ValueError) with one line that
-says what is wrong, so the CLI can exit 2 without a traceback.
+says what is wrong, so the CLI can exit 2 without a traceback.  That includes
+user code that exits (``sys.exit``, argparse) while it is imported or called:
+every call into it runs under :class:`gradcheck.user_cells.user_code`.
+What it prints can be sent to stderr with :func:`user_output_to_stderr`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import sys
 from pathlib import Path
 
-from gradcheck.user_cells import Case, model_cell
+from gradcheck.user_cells import Case, UserCodeError, guard_case, model_cell, user_code
 
 __all__ = ["UserCodeError", "exec_file", "is_file_target", "load_target", "case_from_target",
-           "layer_case"]
+           "layer_case", "user_code", "user_output_to_stderr"]
+
+MODEL_METHODS = ("forward_propagation", "bptt")
 
 
-class UserCodeError(ValueError):
-    """The user's file or cell cannot be used; the message says why, in one line."""
+@contextlib.contextmanager
+def user_output_to_stderr(active: bool = True):
+    """While active, ``sys.stdout`` is ``sys.stderr``: what user code prints goes to stderr.
+
+    For ``--json``, whose stdout must be one JSON object: wrap the loading and
+    checking in it, not the printing of the result.  Inactive, it changes nothing.
+    """
+    if not active:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+@contextlib.contextmanager
+def _calling(what: str):
+    """Run user code while loading: an exception, or an exit, is a one-line UserCodeError."""
+    try:
+        with user_code(what):
+            yield
+    except UserCodeError:
+        raise
+    except Exception as exc:
+        raise UserCodeError(f"{what} raised {type(exc).__name__}: {exc}") from None
 
 
 def is_file_target(text: str) -> bool:
@@ -58,7 +86,10 @@ def exec_file(path, namespace: dict | None = None):
     if added:
         sys.path.insert(0, folder)
     try:
-        spec.loader.exec_module(module)
+        with user_code(f"importing {path}", importing=True):
+            spec.loader.exec_module(module)
+    except UserCodeError:
+        raise
     except SyntaxError as exc:
         raise UserCodeError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:
@@ -82,23 +113,69 @@ def load_target(text: str):
 
 
 def _is_model(obj) -> bool:
-    return callable(getattr(obj, "forward_propagation", None)) and callable(
-        getattr(obj, "bptt", None))
+    return not _missing_methods(obj)
+
+
+def _missing_methods(obj) -> list[str]:
+    """The methods of a blog-style model (forward_propagation, bptt) that ``obj`` lacks."""
+    return [m for m in MODEL_METHODS if not callable(getattr(obj, m, None))]
+
+
+def _refuse_half_model(obj, name: str) -> None:
+    """A UserCodeError naming the missing method when ``obj`` has one model method only."""
+    missing = _missing_methods(obj)
+    if len(missing) == 1:
+        present = next(m for m in MODEL_METHODS if m not in missing)
+        raise UserCodeError(
+            f"{name} has {present} but no {missing[0]} method: a blog-style model needs "
+            "forward_propagation(x) and bptt(x, y), bptt returning the gradients as a list")
+
+
+def _instantiate(cls, name: str):
+    """An instance of the model class ``cls``, made with no arguments."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        raise UserCodeError(
+            f"{name} needs constructor arguments ({exc}): define a module-level "
+            f"instance, e.g. model = {name}(...), and point at it") from None
+    except ValueError:
+        pass                                # no signature to read: just try
+    with _calling(f"{name}()"):
+        return cls()
+
+
+def _call_make_case(fn, name: str, *, steps: int, batch: int, seed: int) -> Case:
+    """The Case that the user's ``make_case``-style function ``fn`` returns."""
+    params = inspect.signature(fn).parameters
+    if "seed" not in params:
+        raise UserCodeError(f"{name} must take a seed argument: def {name}(seed): ...")
+    kwargs = {k: v for k, v in (("seed", seed), ("steps", steps), ("batch", batch))
+              if k in params}
+    with _calling(f"{name}(...)"):
+        case = fn(**kwargs)
+    if not isinstance(case, Case):
+        raise UserCodeError(f"{name}(...) returned {type(case).__name__}, not gradcheck.Case")
+    return case
 
 
 def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Case:
-    """Turn what ``load_target`` returned into a :class:`Case` (see the module docstring)."""
+    """Turn what ``load_target`` returned into a :class:`Case` (see the module docstring).
+
+    The case's cell and symbolic twin call user code under ``user_code``: an exit
+    there is a one-line UserCodeError too.
+    """
+    return guard_case(_case_of(obj, name=name, steps=steps, batch=batch, seed=seed))
+
+
+def _case_of(obj, *, name: str, steps: int, batch: int, seed: int) -> Case:
+    """The :class:`Case` that ``obj`` (a Case, model, layer or make_case) stands for."""
     if isinstance(obj, Case):
         return obj
+    _refuse_half_model(obj, name)
     if inspect.isclass(obj):
         if _is_model(obj):
-            try:
-                model = obj()
-            except TypeError as exc:
-                raise UserCodeError(
-                    f"{name} needs constructor arguments ({exc}): define a module-level "
-                    f"instance, e.g. model = {name}(...), and point at it") from None
-            return model_cell(model, steps=steps, seed=seed)
+            return model_cell(_instantiate(obj, name), steps=steps, seed=seed)
         raise UserCodeError(
             f"{name} is a class without forward_propagation and bptt: point at a "
             "make_case(seed) function returning gradcheck.Case instead")
@@ -108,18 +185,7 @@ def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Ca
     if is_layer_function(obj):
         return layer_case(obj, name=name, steps=steps, batch=batch, seed=seed)
     if inspect.isfunction(obj):
-        params = inspect.signature(obj).parameters
-        kwargs = {k: v for k, v in (("seed", seed), ("steps", steps), ("batch", batch))
-                  if k in params}
-        if "seed" not in params:
-            raise UserCodeError(f"{name} must take a seed argument: def {name}(seed): ...")
-        try:
-            case = obj(**kwargs)
-        except Exception as exc:
-            raise UserCodeError(f"{name}(...) raised {type(exc).__name__}: {exc}") from None
-        if not isinstance(case, Case):
-            raise UserCodeError(f"{name}(...) returned {type(case).__name__}, not gradcheck.Case")
-        return case
+        return _call_make_case(obj, name, steps=steps, batch=batch, seed=seed)
     raise UserCodeError(
         f"{name} is a {type(obj).__name__}: expected a make_case(seed) function, a "
         "gradcheck.Case, or a model class with forward_propagation and bptt")
@@ -141,10 +207,8 @@ def layer_case(layer_fn, *, name: str, steps: int, batch: int, seed: int, dim: i
     prefix = inspect.signature(layer).parameters.get("prefix")
     prefix = prefix.default if prefix is not None and isinstance(prefix.default, str) else stem
     model = TheanoLayer(layer, init, prefix, dim, classes, backend)
-    try:
+    with _calling(f"{init.__name__}(...)"):
         params = model.init_params()
-    except Exception as exc:
-        raise UserCodeError(f"{init.__name__}(...) raised {type(exc).__name__}: {exc}") from None
     model.bind(params)
     rng = np.random.default_rng(seed)
     data = Batch(rng.normal(size=(steps, batch, dim)), rng.integers(0, classes, size=batch),

@@ -192,6 +192,8 @@ def _run(cell, params, batch, base, at, step_params=None, offset=None):
 def _excess(a, n, tol: Tolerance) -> float:
     if not (np.isfinite(a) and np.isfinite(n)):
         return np.inf
+    if a == n:
+        return 0.0                  # also where atol = 0 and both are 0
     return abs(a - n) / (tol.atol + tol.rtol * max(abs(a), abs(n)))
 
 

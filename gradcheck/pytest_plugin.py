@@ -19,12 +19,15 @@ lazily.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
 import pytest
 
 __all__ = ["GradcheckFixture"]
+
+MARKER_ARGS = ("atol", "rtol", "oracles")
 
 
 def pytest_addoption(parser):
@@ -46,6 +49,51 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "gradcheck(atol=None, rtol=None, oracles=None): options of the gradcheck "
                    "fixture for this test")
+    _validate_options(config)
+
+
+def _validate_options(config):
+    """Refuse bad --gradcheck-* values before collection, by the library's own rules."""
+    for name in ("atol", "rtol"):
+        value = config.getoption(f"--gradcheck-{name}")
+        if value is None:
+            continue
+        from gradcheck.tolerance import resolve_tolerance
+        try:
+            resolve_tolerance(**{name: value})
+        except ValueError as exc:
+            reason = str(exc)
+            if reason.startswith(f"{name}="):      # "atol=-1.0 must be ..."
+                raise pytest.UsageError(f"--gradcheck-{reason}") from None
+            raise pytest.UsageError(f"--gradcheck-{name}={value!r}: {reason}") from None
+    seed = config.getoption("--gradcheck-seed")
+    if seed is not None and seed < 0:
+        raise pytest.UsageError(f"--gradcheck-seed={seed} must be a non-negative integer")
+
+
+def _marker_options(node) -> dict:
+    """The gradcheck marker's keyword arguments; fail the test on any other argument."""
+    marker = node.get_closest_marker("gradcheck")
+    if marker is None:
+        return {}
+    accepted = ", ".join(MARKER_ARGS)
+    if marker.args:
+        given = ", ".join(repr(a) for a in marker.args)
+        pytest.fail(f"{node.nodeid}: @pytest.mark.gradcheck takes keyword arguments only "
+                    f"({accepted}), got positional {given}", pytrace=False)
+    unknown = [k for k in marker.kwargs if k not in MARKER_ARGS]
+    if unknown:
+        given = ", ".join(f"{k}={marker.kwargs[k]!r}" for k in unknown)
+        noun = "argument" if len(unknown) == 1 else "arguments"
+        pytest.fail(f"{node.nodeid}: @pytest.mark.gradcheck got unknown {noun} {given}; "
+                    f"it accepts {accepted}", pytrace=False)
+    return dict(marker.kwargs)
+
+
+def _report_name(nodeid: str) -> str:
+    """A file name for ``nodeid``: readable, unique per node id, the same on every run."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:100]
+    return f"{readable}-{hashlib.sha1(nodeid.encode()).hexdigest()[:8]}"
 
 
 def _report_dir(request) -> Path:
@@ -61,8 +109,7 @@ class GradcheckFixture:
     def __init__(self, request):
         self._request = request
         config = request.config
-        marker = request.node.get_closest_marker("gradcheck")
-        self._marked = dict(marker.kwargs) if marker else {}
+        self._marked = _marker_options(request.node)
         seed = config.getoption("--gradcheck-seed")
         self.seed = 0 if seed is None else seed
         self.fast = config.getoption("--gradcheck-fast")
@@ -117,7 +164,7 @@ class GradcheckFixture:
         try:
             from reports import write_report
             folder = _report_dir(self._request)
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self._request.node.nodeid).strip("_")
+            name = _report_name(self._request.node.nodeid)
             path = write_report(result.as_dict(), folder / f"{name}-{len(self.results)}.html")
             message.append(f"report: {path}")
         except Exception as exc:   # the verdict matters more than the report

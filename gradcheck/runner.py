@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 
@@ -11,7 +12,7 @@ from gradcheck.check import ORACLES, CheckResult, check_gradients, parse_oracles
 from gradcheck.masks import MASKS, make_mask
 from gradcheck.sparse_rows import EMBEDDING_SAMPLE
 
-__all__ = ["check_builtin", "reproduce_command"]
+__all__ = ["check_builtin", "reproduce_command", "checking_options"]
 
 
 def _positive(name, value):
@@ -26,13 +27,28 @@ def _physical_memory() -> int:
         return 8 << 30
 
 
-def _refuse_if_too_large(specs, config, steps, batch) -> None:
-    """ValueError when a check would need more than half the machine's memory."""
+def _parameter_count(cell_class, config) -> int:
+    """How many parameter elements ``cell_class(config)`` has, without listing the specs
+    of every layer: layers above the first all have the same shapes, so the count is
+    that of one layer plus (L - 1) times what a second layer adds."""
+    def count(cfg):
+        return sum(s.size for s in cell_class(cfg).param_specs())
+    layers = getattr(config, "layers", 1)
+    one = count(dataclasses.replace(config, layers=1) if layers > 1 else config)
+    if layers == 1:
+        return one
+    return one + (layers - 1) * (count(dataclasses.replace(config, layers=2)) - one)
+
+
+def _refuse_if_too_large(cell_class, config, steps, batch) -> None:
+    """ValueError when a check would need more than half the machine's memory (before
+    the cell, its parameters or its data exist)."""
     hidden = getattr(config, "hidden_size", 1)
     layers = getattr(config, "layers", 1)
     width = max(getattr(config, "input_size", 1), hidden, getattr(config, "classes", 1))
     # parameters and their gradients (several copies), and the forward cache of every step
-    need = 8 * (12 * sum(s.size for s in specs) + 24 * steps * batch * layers * 4 * width)
+    need = 8 * (12 * _parameter_count(cell_class, config)
+                + 24 * steps * batch * layers * 4 * width)
     budget = _physical_memory() // 2
     if need > budget:
         raise ValueError(
@@ -40,10 +56,46 @@ def _refuse_if_too_large(specs, config, steps, batch) -> None:
             f"{2 * budget / 2**30:.1f} GiB: choose smaller sizes")
 
 
-def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, rtol,
-                      mask="none", bug=None, backend="pytensor",
-                      embedding_sample=EMBEDDING_SAMPLE) -> str:
-    """The CLI command that repeats this check exactly."""
+def _refuse_dormant_bug(bug, cell, batch, oracles) -> None:
+    """ValueError when the broken cell's bug cannot show in this check: the analytic
+    oracle is left out, or the configuration or data never exercise it (``dormant``)."""
+    if "analytic" not in oracles:
+        raise ValueError(f"bug {bug!r} is in the hand-written (analytic) gradient: include the "
+                         f"analytic oracle (oracles are {', '.join(oracles)})")
+    dormant = getattr(cell, "dormant", None)
+    reason = dormant(batch) if dormant is not None else None
+    if reason:
+        raise ValueError(f"bug {bug!r} cannot change the gradient in this check: {reason}")
+
+
+def checking_options(*, oracles, atol=None, rtol=None, mode="exact", numeric_method="batched",
+                     directions=2, max_elements=None, embedding_sample=EMBEDDING_SAMPLE,
+                     embedding=False) -> list[str]:
+    """The CLI options, beyond the cell and its sizes, that repeat how a check was run
+    (those left at their defaults are omitted)."""
+    args = []
+    if tuple(oracles) != ORACLES:
+        args += ["--oracles", ",".join(oracles)]
+    if mode != "exact":
+        args += ["--mode", mode]
+        if directions != 2:
+            args += ["--directions", str(directions)]
+    if numeric_method != "batched":
+        args += ["--numeric", numeric_method]
+    if max_elements is not None:
+        args += ["--max-elements", str(max_elements)]
+    if embedding and embedding_sample != EMBEDDING_SAMPLE:
+        args += ["--embedding-sample", "all" if embedding_sample is None else str(embedding_sample)]
+    for opt, value in (("--atol", atol), ("--rtol", rtol)):
+        if value is not None and not isinstance(value, dict):
+            args += [opt, repr(float(value))]
+    return args
+
+
+def reproduce_command(name, config: dict, *, steps, batch, seed, mask="none", bug=None,
+                      backend="pytensor", **checking) -> str:
+    """The CLI command that repeats this check exactly; ``checking``: the keyword
+    arguments of ``checking_options``."""
     flag = {"input_size": "--input", "hidden_size": "--hidden"}
     args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
             "--seed", str(seed)]
@@ -60,13 +112,7 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, oracles, atol, 
         args += ["--bug", bug]
     if backend != "pytensor":
         args += ["--backend", backend]
-    if tuple(oracles) != ORACLES:
-        args += ["--oracles", ",".join(oracles)]
-    if config.get("embedding") and embedding_sample != EMBEDDING_SAMPLE:
-        args += ["--embedding-sample", "all" if embedding_sample is None else str(embedding_sample)]
-    for opt, value in (("--atol", atol), ("--rtol", rtol)):
-        if value is not None and not isinstance(value, dict):
-            args += [opt, repr(float(value))]
+    args += checking_options(embedding=bool(config.get("embedding")), **checking)
     return shlex.join(args)
 
 
@@ -104,14 +150,16 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2 ** 32))
     cfg = entry.config_class(**config)
+    _refuse_if_too_large(entry.numpy_class, cfg, steps, batch)
     cell = entry.make(cfg, bug)
     specs = cell.param_specs()
-    _refuse_if_too_large(specs, cfg, steps, batch)
     if max_elements is None and sum(s.size for s in specs) > 50_000:
         max_elements = 4096
     rng = np.random.default_rng(seed)
     params = cell.init_params(rng)
     data = cell.sample_batch(rng, steps, batch, make_mask(mask, rng, steps, batch))
+    if bug is not None:
+        _refuse_dormant_bug(bug, cell, data, oracles)
     symbolic = entry.make_symbolic(cfg, backend) if "autodiff" in oracles else None
     info = {"name": name, **cfg.as_dict(), "steps": steps, "batch": batch, "mask": mask}
     if bug is not None:
@@ -121,8 +169,14 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
                              max_elements=max_elements, mode=mode,
                              numeric_method=numeric_method, directions=directions,
                              embedding_sample=embedding_sample)
+    k = getattr(cfg, "truncate", -1)
+    if k != -1 and k >= (steps - 1 if cfg.truncation == "window" else steps):
+        result.notes.append(f"truncate={k} reaches every step of this T={steps} sequence "
+                            f"({cfg.truncation}): the truncated gradient is the full one here")
     result.command = reproduce_command(name, cfg.as_dict(), steps=steps, batch=batch,
-                                       seed=seed, oracles=oracles, atol=atol, rtol=rtol,
-                                       mask=mask, bug=bug, backend=backend,
+                                       seed=seed, mask=mask, bug=bug, backend=backend,
+                                       oracles=oracles, atol=atol, rtol=rtol, mode=mode,
+                                       numeric_method=numeric_method, directions=directions,
+                                       max_elements=max_elements,
                                        embedding_sample=embedding_sample)
     return result

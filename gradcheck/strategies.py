@@ -57,15 +57,16 @@ def seeds() -> st.SearchStrategy[int]:
 
 
 def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
-                max_size: int = 4, min_classes: int = 1, resets=_RESETS, gates=_GATES,
+                max_size: int = 4, min_classes: int = 2, resets=_RESETS, gates=_GATES,
                 readouts=_READOUTS, embedding: bool | None = None, truncation=FULL):
     """Strategy for ``cells.gru.GRUConfig``.
 
     min_layers: the fewest stacked layers (at least 1).
     max_layers: the most stacked layers.
     min_size: the smallest input, hidden and vocabulary size (at least 1).
-    max_size: the largest input, hidden, class and vocabulary size.
-    min_classes: the fewest readout classes (1 makes every loss 0; 2 avoids that).
+    max_size: the largest input, hidden, class and vocabulary size (classes: at least
+        ``min_classes``).
+    min_classes: the fewest readout classes (at least 2: one class has no gradient).
     resets: the reset conventions to draw from.
     gates: the gate activations to draw from.
     readouts: the readouts to draw from.
@@ -76,7 +77,7 @@ def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
 
     _check_range("min_layers", min_layers, "max_layers", max_layers, 1)
     _check_range("min_size", min_size, "max_size", max_size, 1)
-    _check_range("min_classes", min_classes, "max_size", max_size, 1)
+    _check_int("min_classes", min_classes, 2)
     resets = _check_choices("resets", resets, _RESETS)
     gates = _check_choices("gates", gates, _GATES)
     readouts = _check_choices("readouts", readouts, _READOUTS)
@@ -96,7 +97,8 @@ def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
         return GRUConfig(
             input_size=draw(size), hidden_size=draw(size),
             layers=draw(st.integers(min_layers, max_layers)),
-            classes=draw(st.integers(min_classes, max_size)), vocab=draw(size),
+            classes=draw(st.integers(min_classes, max(min_classes, max_size))),
+            vocab=draw(size),
             reset=draw(st.sampled_from(resets)), gate=draw(st.sampled_from(gates)),
             readout=draw(st.sampled_from(readouts)),
             embedding=draw(st.booleans()) if embedding is None else embedding,

@@ -6,7 +6,13 @@ Two values a and b agree when both are finite and::
 
 NaN and Inf never agree with anything, themselves included.  Defaults come from
 a per-dtype table (the dtype of the parameter being checked) and can be
-overridden by a scalar (all dtypes) or by a dict ``{dtype: value}``.
+overridden by a scalar (all dtypes) or by a dict ``{dtype: value}``: atol >= 0
+and 0 <= rtol < 1 (atol = 0 is a purely relative test, rtol = 0 a purely
+absolute one; with rtol >= 1 a zero gradient would agree with any other).
+
+A zero gradient agrees with b wherever |b| <= atol / (1 - rtol)
+(``zero_bound``): a parameter whose gradients all lie within that bound is
+one the comparison cannot fail on (see gradcheck.check).
 
 Why these float64 defaults: central differences with step eps^(1/3) carry an
 error near eps^(2/3) |L| ~ 4e-11 |L| for a loss of size |L|; analytic and
@@ -45,6 +51,11 @@ class Tolerance:
     def as_dict(self) -> dict:
         return {"atol": self.atol, "rtol": self.rtol}
 
+    @property
+    def zero_bound(self) -> float:
+        """The largest |b| that a zero agrees with: |0 - b| <= atol + rtol |b|."""
+        return self.atol / (1.0 - self.rtol)
+
 
 def _pick(table, override, dtype, what):
     if override is None:
@@ -55,8 +66,11 @@ def _pick(table, override, dtype, what):
     else:
         value = override
     value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{what}={value!r} must be a positive finite number")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{what}={value!r} must be a finite number, 0 or more")
+    if what == "rtol" and value >= 1:
+        raise ValueError(f"rtol={value!r} must be less than 1: with rtol >= 1 a zero gradient "
+                         "agrees with every other, so the check could not fail")
     return value
 
 

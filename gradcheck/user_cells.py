@@ -21,11 +21,23 @@ the rest, this module builds cells from what people already have:
 
 A :class:`Case` bundles a cell with the parameters and batch to check it at,
 and, optionally, a symbolic twin for the autodiff oracle.
+
+User code may do what no cell should: exit.  Every call into it runs under
+:class:`user_code`, which turns a ``SystemExit`` (or another BaseException that
+is not an Exception) into a one-line :class:`UserCodeError` naming the call;
+:class:`FunctionCell` and :class:`ModelCell` guard the user's functions and
+methods themselves, :class:`GuardedCell` guards any other cell's methods.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+import sysconfig
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -33,10 +45,158 @@ from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
 
 __all__ = ["Case", "FunctionCell", "function_cell", "ModelCell", "model_cell",
-           "MODEL_PARAM_NAMES"]
+           "MODEL_PARAM_NAMES", "UserCodeError", "user_code", "GuardedCell", "guard_case",
+           "check_gradient_dtypes"]
 
 # the order in which the blog's bptt returns its gradients
 MODEL_PARAM_NAMES = ("E", "U", "V", "W", "b", "c")
+
+
+class UserCodeError(ValueError):
+    """The user's file or cell cannot be used; the message says why, in one line."""
+
+
+# what user code raises that keeps its meaning: errors reach the oracles' reports,
+# Ctrl-C interrupts, generators close
+_PASSED_ON = (Exception, KeyboardInterrupt, GeneratorExit)
+_GRADCHECK_DIR = str(Path(__file__).resolve().parent)
+_LIBRARY_DIRS = tuple({os.path.realpath(path) for key, path in sysconfig.get_paths().items()
+                       if key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+class user_code:
+    """A context manager around calls into user code that must not end the process.
+
+    A SystemExit (``sys.exit``, ``exit()``, argparse's ``parse_args``), or any other
+    BaseException that is neither an Exception, a KeyboardInterrupt nor a
+    GeneratorExit, leaves the block as a one-line :class:`UserCodeError`:
+    ``gradient() raised SystemExit(0) at my_cell.py:12: ...``.  Anything else passes
+    unchanged.  It keeps no state, so one instance may guard any number of calls.
+
+    what: the call, as the message names it (``"gradient()"``, ``"importing cell.py"``),
+        or a function of no arguments returning it (called only on an exit).
+    importing: the call imports a file (the advice is then about ``__main__``).
+    """
+
+    __slots__ = ("what", "importing")
+
+    def __init__(self, what, importing: bool = False):
+        self.what, self.importing = what, importing
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or issubclass(kind, _PASSED_ON):
+            return False
+        what = self.what() if callable(self.what) else self.what
+        raise UserCodeError(_exit_message(what, exc, tb, self.importing)) from None
+
+
+def _exit_message(what: str, exc: BaseException, tb, importing: bool) -> str:
+    """One line: what raised which BaseException, where in the user's code, and what to do."""
+    text = f"{what} raised {exc!r}"
+    where = _user_line(tb)
+    if where:
+        text += f" at {where}"
+    if _passes_through(tb, "argparse"):
+        text += " in argparse (whose message is above)"
+    if not isinstance(exc, SystemExit):
+        advice = (f"{type(exc).__name__} derives from BaseException, not Exception: "
+                  "raise an Exception instead")
+    elif importing:
+        advice = ('run the file\'s script part (sys.exit, argparse) under '
+                  'if __name__ == "__main__":')
+    else:
+        advice = "gradcheck calls this code: return, or raise an exception, instead of exiting"
+    return f"{text}: {advice}"
+
+
+def _is_user_file(filename: str) -> bool:
+    """Whether ``filename`` is the user's: not gradcheck's, Python's or an installed package's."""
+    if filename.startswith("<"):
+        return False
+    path = os.path.realpath(filename)
+    return not any(path == d or path.startswith(d + os.sep)
+                   for d in (_GRADCHECK_DIR,) + _LIBRARY_DIRS)
+
+
+def _user_line(tb) -> str | None:
+    """``file.py:LINE`` of the deepest frame of traceback ``tb`` in the user's code."""
+    where = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if _is_user_file(filename):
+            where = f"{Path(filename).name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def _passes_through(tb, module: str) -> bool:
+    """Whether traceback ``tb`` runs through the module named ``module``."""
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") == module:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _guarded(fn, guard: user_code):
+    """``fn``, each of its calls run under ``guard``."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with guard:
+            return fn(*args, **kwargs)
+    return call
+
+
+def _call_name(fn, role: str) -> str:
+    """How messages name the user's function ``fn``: ``gradient()``, or by its role."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if not isinstance(name, str) or "<lambda>" in name:
+        return f"the {role} function"
+    return f"{name}()"
+
+
+def _described(value) -> str:
+    """What a value is, for messages: ``a dict with keys 'E', 'U'``, ``None``, ``a list of 5``."""
+    if value is None:
+        return "None"
+    if isinstance(value, np.ndarray):
+        return f"a NumPy array of shape {value.shape}"
+    kind = type(value).__name__
+    article = "an" if kind[0].lower() in "aeiou" else "a"
+    if isinstance(value, Mapping):
+        keys = ", ".join(repr(k) for k in list(value)[:6])
+        return f"{article} {kind} with keys {keys}" if keys else f"an empty {kind}"
+    if isinstance(value, (list, tuple)):
+        return f"{article} {kind} of {len(value)}"
+    return f"{article} {kind}"
+
+
+def check_gradient_dtypes(params, grads, who: str, *, exact: bool = True) -> None:
+    """Raise ValueError when a float gradient's dtype is not its float parameter's.
+
+    params: ``{name: array}``, the point the gradient was taken at.
+    grads: ``{name: array}``, the gradient ``who`` returned.
+    who: the function that returned it, for the message.
+    exact: refuse any other float dtype; False refuses only a dtype that cannot hold
+        the parameter's values (float32 for float64), and lets a cell compute a
+        float32 parameter's gradient in float64.
+
+    Names in only one of the two, and non-float arrays, are left to
+    :func:`gradcheck.params.validate_params`, which names them.
+    """
+    for name, grad in grads.items():
+        if name not in params:
+            continue
+        want, got = np.asarray(params[name]).dtype, np.asarray(grad).dtype
+        if not (np.issubdtype(got, np.floating) and np.issubdtype(want, np.floating)):
+            continue
+        if got != want and (exact or not np.can_cast(want, got, "safe")):
+            raise ValueError(
+                f"{who} returned the gradient of {name} as {got}, but parameter {name} is "
+                f"{want}: return each gradient in its parameter's dtype")
 
 
 @dataclass
@@ -79,15 +239,28 @@ class FunctionCell:
 
     def __init__(self, loss, gradient, specs: list[ParamSpec], name: str = "cell"):
         self._loss, self._gradient, self._specs, self.name = loss, gradient, specs, name
+        self._gradient_name = _call_name(gradient, "gradient")
+        self._loss_guard = user_code(_call_name(loss, "loss"))
+        self._gradient_guard = user_code(self._gradient_name)
 
     def param_specs(self) -> list[ParamSpec]:
         return list(self._specs)
 
     def loss(self, params, batch):
-        return self._loss(params, batch)       # the harness checks that it is a scalar
+        with self._loss_guard:
+            return self._loss(params, batch)    # the harness checks that it is a scalar
 
     def gradient(self, params, batch) -> dict:
-        return dict(self._gradient(params, batch))
+        with self._gradient_guard:
+            grads = self._gradient(params, batch)
+        if not isinstance(grads, Mapping):
+            example = self._specs[0].name if self._specs else "W"
+            raise TypeError(
+                f"{self._gradient_name} must return a dict name -> array, like "
+                f"{{{example!r}: dL/d{example}}}; it returned {_described(grads)}")
+        grads = dict(grads)
+        check_gradient_dtypes(params, grads, self._gradient_name)
+        return grads
 
 
 def function_cell(*, loss, gradient, params, blocks=None, name="cell") -> FunctionCell:
@@ -116,6 +289,8 @@ class ModelCell:
         self.names = tuple(names)
         self.name = name or type(model).__name__
         self._specs = _specs_from_params({n: getattr(model, n) for n in self.names}, blocks)
+        self._guards = {method: user_code(f"{self.name}.{method}()") for method in
+                        ("calculate_total_loss", "forward_propagation", "bptt")}
 
     def param_specs(self) -> list[ParamSpec]:
         return list(self._specs)
@@ -141,8 +316,10 @@ class ModelCell:
 
         def total():
             if hasattr(self.model, "calculate_total_loss"):
-                return float(self.model.calculate_total_loss([x], [y]))
-            out = self.model.forward_propagation(x)
+                with self._guards["calculate_total_loss"]:
+                    return float(self.model.calculate_total_loss([x], [y]))
+            with self._guards["forward_propagation"]:
+                out = self.model.forward_propagation(x)
             o = out[0] if isinstance(out, (tuple, list)) else out
             o = np.asarray(o, dtype=np.float64).reshape(len(x), -1)
             # L = -sum_t log o_t[y_t], the loss whose gradient the blog's bptt computes
@@ -151,14 +328,21 @@ class ModelCell:
 
     def gradient(self, params, batch) -> dict:
         x, y = self._sequence(batch)
-        grads = self._with(params, lambda: self.model.bptt(x, y))
-        grads = list(grads)
+        with self._guards["bptt"]:
+            grads = self._with(params, lambda: self.model.bptt(x, y))
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(
+                f"{self.name}.bptt(x, y) must return a list of the gradients of "
+                f"{', '.join(self.names)}, in that order (or set gradcheck_params on the "
+                f"model to the order it uses); it returned {_described(grads)}")
         if len(grads) != len(self.names):
             raise ValueError(
                 f"{self.name}.bptt returned {len(grads)} arrays for the {len(self.names)} "
                 f"parameters {', '.join(self.names)}: set gradcheck_params on the model to "
                 "name them in the order bptt returns them")
-        return {n: np.asarray(g) for n, g in zip(self.names, grads)}
+        grads = {n: np.asarray(g) for n, g in zip(self.names, grads)}
+        check_gradient_dtypes(params, grads, f"{self.name}.bptt(x, y)")
+        return grads
 
 
 def _model_vocab(model, names) -> int:
@@ -211,3 +395,50 @@ def model_cell(model, *, steps: int, seed: int, names=None, blocks=None) -> Case
     return Case(cell, params, Batch(x, y, np.ones((steps, 1))), seed=seed,
                 info={"name": cell.name, "kind": "model class", "steps": steps, "vocab": vocab,
                       "parameters": list(names)})
+
+
+class GuardedCell:
+    """Any cell, each of its methods called under :class:`user_code`.
+
+    Attributes read through it are the cell's own, methods wrapped (so a
+    SystemExit in ``loss``, ``gradient``, ``step`` or any other becomes a one-line
+    UserCodeError naming the method); attributes set through it are set on the
+    cell.  A wrapped method is kept, so the numeric oracle's thousands of calls
+    cost one extra Python call each.
+    """
+
+    def __init__(self, cell, label: str | None = None):
+        name = getattr(cell, "name", None)
+        object.__setattr__(self, "_gradcheck_cell", cell)
+        object.__setattr__(self, "_gradcheck_label",
+                           label or (name if isinstance(name, str) else type(cell).__name__))
+
+    def __getattr__(self, name):
+        if name.startswith("_gradcheck_"):     # not set yet (a copy being made)
+            raise AttributeError(name)
+        value = getattr(self._gradcheck_cell, name)
+        if not callable(value) or isinstance(value, type):
+            return value
+        method = _guarded(value, user_code(f"{self._gradcheck_label}.{name}()"))
+        object.__setattr__(self, name, method)      # later look-ups find it directly
+        return method
+
+    def __setattr__(self, name, value):
+        setattr(self._gradcheck_cell, name, value)
+        self.__dict__.pop(name, None)
+
+    def __repr__(self):
+        return f"GuardedCell({self._gradcheck_cell!r})"
+
+
+def _guard_cell(cell):
+    """``cell`` guarded by a GuardedCell, unless it is None or guards itself."""
+    if cell is None or type(cell) in (FunctionCell, ModelCell, GuardedCell):
+        return cell
+    return GuardedCell(cell)
+
+
+def guard_case(case: Case) -> Case:
+    """A copy of ``case`` whose cell and symbolic twin call user code under :class:`user_code`."""
+    return dataclasses.replace(case, cell=_guard_cell(case.cell),
+                               symbolic=_guard_cell(case.symbolic))

@@ -65,9 +65,31 @@ def test_tolerance_override_turns_a_pass_into_a_mismatch(capsys):
     (["check", "gru", "--reset", "sideways"], "--reset: invalid choice"),
     (["check", "gru", "--gate", "relu"], "--gate: invalid choice"),
     (["check", "gru", "--readout", "max"], "--readout: invalid choice"),
-    (["check", "gru", "--atol", "0"], "--atol: 0 must be a positive finite number"),
+    (["check", "gru", "--atol", "-1"], "--atol: atol=-1.0 must be a finite number, 0 or more"),
     (["check", "gru", "--rtol", "-1e-3"], "--rtol"),
+    (["check", "gru", "--rtol", "1"], "rtol=1.0 must be less than 1"),
     (["check", "gru", "--atol", "nan"], "--atol"),
+    (["check", "gru", "--classes", "1"], "classes=1 must be at least 2"),
+    (["check", "gru", "--oracles", ""], "has an empty name"),
+    (["check", "gru", "--oracles", "analytic,numeric,"], "has an empty name"),
+    (["check", "gru", "--embedding-sample", "3"], "--embedding-sample applies to cells with "
+                                                  "--embedding only"),
+    (["check", "gru", "--directions", "3"], "--directions applies to --mode fast only"),
+    (["check", "examples/blog_gru.py:BlogGRU", "--backend", "theano"],
+     "--backend applies to built-in cells only"),
+    (["check", "gru", "--atol", "1e9", "--bug", "reset-gate-derivative"],
+     "lets a zero gradient pass on every parameter"),
+    (["check", "gru", "--bug", "reset-gate-derivative", "--oracles", "numeric,autodiff"],
+     "include the analytic oracle"),
+    (["check", "gru", "--bug", "off-by-one-window"], "use window truncation with fewer steps"),
+    (["check", "gru", "--bug", "mask-ignored-in-backward", "--mask", "lengths"],
+     "use --mask random"),
+    (["check", "gru", "--bug", "blog-reset-delta", "--reset", "after"], "use --reset before"),
+    (["check", "gru", "--bug", "blog-hard-sigmoid-slope"], "use --gate hard"),
+    (["check", "gru", "--bug", "blog-output-delta-every-layer"], "use --layers 2 or more"),
+    (["check", "gru", "--bug", "blog-embedding-word"], "use --embedding"),
+    (["check", "gru", "--bug", "blog-empty-loop", "--truncate", "2"], "leave out --truncate"),
+    (["check", "gru", "--layers", "1000000"], "choose smaller sizes"),
     (["check", "gru", "--oracles", "analytic"], "at least two"),
     (["check", "gru", "--oracles", "analytic,magic"], "unknown oracle 'magic'"),
     (["check", "lstm2"], "unknown cell 'lstm2'"),
@@ -115,3 +137,64 @@ def test_default_check_runs_all_three_oracle_pairs(capsys):
     pairs = {tuple(c["oracles"]) for c in doc["comparisons"]}
     assert pairs == {("analytic", "numeric"), ("analytic", "autodiff"), ("numeric", "autodiff")}
     assert len(doc["comparisons"]) == 3 * 5
+
+
+@pytest.mark.parametrize("argv", [
+    ["--mode", "fast", "--directions", "4", "--max-elements", "3", "--numeric", "central",
+     "--oracles", "analytic,numeric", "--atol", "1e-07"],
+    ["--embedding", "--embedding-sample", "all", "--oracles", "analytic,numeric", "--rtol", "0.0"],
+])
+def test_the_reproduce_command_repeats_every_checking_option(capsys, argv):
+    code, out, _ = run(capsys, "check", "gru", "--json", *argv)
+    assert code == EXIT_PASS
+    command = json.loads(out)["command"]
+    for option in argv:
+        assert option in command.split(), (option, command)
+
+
+def test_a_file_targets_reproduce_command_keeps_its_tolerances(capsys):
+    code, out, _ = run(capsys, "check", "examples/blog_gru.py:BlogGRU", "--json", "--atol",
+                       "0.001", "--mode", "fast", "--oracles", "analytic,numeric")
+    command = json.loads(out)["command"].split()
+    assert code == EXIT_PASS
+    assert command[command.index("--atol") + 1] == "0.001" and "fast" in command
+    assert command[command.index("--oracles") + 1] == "analytic,numeric"
+
+
+@pytest.mark.parametrize("bug, wake", [
+    ("off-by-one-window", ["--steps", "5", "--truncate", "4"]),
+    ("mask-ignored-in-backward", ["--mask", "random"]),
+    ("blog-output-delta-every-layer", ["--layers", "2"]),
+])
+def test_a_dormant_bug_shows_with_the_options_its_refusal_names(capsys, bug, wake):
+    code, _, _ = run(capsys, "check", "gru", "--bug", bug, "--oracles", "analytic,numeric", *wake)
+    assert code == EXIT_MISMATCH
+
+
+def test_tolerance_zero_is_a_purely_relative_or_absolute_test(capsys):
+    for option in ("--atol", "--rtol"):
+        code, out, _ = run(capsys, "check", "gru", "--oracles", "analytic,numeric", option, "0")
+        assert code == EXIT_PASS, out
+    code, _, _ = run(capsys, "check", "gru", "--oracles", "analytic,numeric", "--atol", "0",
+                     "--bug", "reset-gate-derivative")
+    assert code == EXIT_MISMATCH
+
+
+def test_list_prints_whole_first_sentences(capsys):
+    code, out, _ = run(capsys, "list")
+    line = next(ln for ln in out.splitlines() if "--bug off-by-one-window" in ln)
+    assert line.endswith("instead of k + 1 (max(0, t - k) .. t)."), line
+
+
+def test_a_truncation_longer_than_the_sequence_is_said_to_be_full(capsys):
+    code, out, _ = run(capsys, "check", "gru", "--oracles", "analytic,numeric", "--truncate", "9")
+    assert code == EXIT_PASS and "truncate=9 reaches every step of this T=5 sequence" in out
+    code, out, _ = run(capsys, "check", "gru", "--oracles", "analytic,numeric", "--truncate", "3")
+    assert code == EXIT_PASS and "reaches every step" not in out
+
+
+def test_version(capsys):
+    from gradcheck import __version__
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"gradcheck {__version__}"

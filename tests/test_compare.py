@@ -73,7 +73,9 @@ def test_odd_one_out(passed, odd):
     ("analytic", "at least two"),
     ("analytic,analytic", "twice"),
     ("analytic,symbolic", "unknown oracle 'symbolic'"),
-    ("", "at least two"),
+    ("", "has an empty name"),
+    ("analytic,numeric,", "has an empty name"),
+    ((), "at least two"),
 ])
 def test_bad_oracle_lists(text, message):
     with pytest.raises(ValueError, match=message):

@@ -7,6 +7,7 @@ from cells.zoo.gru_bugs import MaskIgnoredInBackwardGRU
 from cells.gru import GRU, GRUConfig
 from gradcheck import Batch, check_gradients
 from gradcheck.batch import validate_mask
+from gradcheck.check import CheckCannotFail
 from gradcheck.masks import make_mask, mask_from_lengths
 
 VARIANTS = [dict(readout=r, embedding=e, layers=l, reset=s)
@@ -74,14 +75,16 @@ def test_masked_inputs_have_exactly_no_effect(fields):
     assert cell.loss(params, batch) == cell.loss(params, other)
 
 
-def test_batch_of_one_and_fully_masked_batch_pass_the_check():
-    for mask in (np.ones((4, 1)), np.zeros((4, 2))):
-        cell, params, batch = case(GRUConfig(layers=2), mask)
-        result = check_gradients(cell, params, batch, oracles="analytic,numeric")
-        assert result.passed, result.summary()
-    # all masked: nothing reaches the recurrent weights, exactly
+def test_batch_of_one_passes_and_a_fully_masked_batch_is_refused():
+    cell, params, batch = case(GRUConfig(layers=2), np.ones((4, 1)))
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert result.passed, result.summary()
+    # all masked: nothing reaches any parameter, exactly, so no check could fail
+    cell, params, batch = case(GRUConfig(layers=2), np.zeros((4, 2)))
     grads = cell.gradient(params, batch)
-    assert not np.any(grads["U0"]) and not np.any(grads["W1"])
+    assert not any(np.any(g) for g in grads.values())
+    with pytest.raises(CheckCannotFail, match="exactly zero in every oracle"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
 
 
 def test_ignoring_the_mask_in_backward_is_caught():

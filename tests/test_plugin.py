@@ -1,5 +1,7 @@
 """The pytest plugin, run through pytester: a user's passing and failing tests, options, xdist."""
 
+import hashlib
+
 import pytest
 
 CASE = '''
@@ -19,6 +21,11 @@ def case(cls, seed):
 
 def write(pytester, body):
     pytester.makepyfile(test_user=CASE + body)
+
+
+def report_name(nodeid, readable, n=1):
+    """The report file name the plugin gives the ``n``-th failing check of ``nodeid``."""
+    return f"{readable}-{hashlib.sha1(nodeid.encode()).hexdigest()[:8]}-{n}.html"
 
 
 def test_help_lists_the_options(pytester):
@@ -56,7 +63,7 @@ def test_gru(gradcheck):
         "*gradcheck: fail: mismatch on W0 (blocks r, z, h)*worst: *(block r): analytic = *, numeric = *",
         "*where: the error enters at t = 4 in layer 1, block r of W1, U1, b1*",
         "*seed: 0*",
-        f"*report: {reports}*test_user.py_test_gru-1.html*",
+        f"*report: {reports}*{report_name('test_user.py::test_gru', 'test_user.py_test_gru')}",
     ])
     files = list(reports.glob("*.html"))
     assert len(files) == 1 and files[0].stat().st_size > 10_000
@@ -103,3 +110,86 @@ def test_good(gradcheck):
     result = pytester.runpytest_subprocess("-q", "-n", "2", f"--gradcheck-report-dir={reports}")
     result.assert_outcomes(passed=1, failed=2)
     assert len(list(reports.glob("*.html"))) == 2
+
+
+def library_refusal(name, value):
+    """gradcheck.tolerance's message refusing ``name=value``, or None if it accepts it."""
+    from gradcheck.tolerance import resolve_tolerance
+    try:
+        resolve_tolerance(**{name: value})
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("name, text", [
+    ("atol", "-1"), ("atol", "nan"), ("atol", "inf"), ("atol", "0"),
+    ("rtol", "-1"), ("rtol", "0"), ("rtol", "1"),
+])
+def test_tolerance_options_are_checked_at_startup_as_the_library_checks(pytester, name, text):
+    """A value the library refuses stops the run before collection, with its message."""
+    write(pytester, f'''
+def test_gru(gradcheck):
+    try:
+        gradcheck(*case(GRU, 0), oracles="analytic,numeric")
+    except pytest.fail.Exception:
+        pass                            # a tolerance of 0 may fail the check: not the point
+    assert gradcheck.results[0].comparisons[0].tolerance.{name} == {float(text)!r}
+''')
+    result = pytester.runpytest("-q", f"--gradcheck-{name}", text)
+    refusal = library_refusal(name, float(text))
+    if refusal is None:                 # the value reaches the check
+        result.assert_outcomes(passed=1)
+    else:
+        assert refusal.startswith(f"{name}={float(text)!r} ")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: --gradcheck-{refusal}"])
+        result.stdout.no_fnmatch_line("*test_gru*")
+
+
+def test_a_negative_seed_stops_the_run_before_collection(pytester):
+    write(pytester, '''
+def test_gru(gradcheck):
+    gradcheck(*case(GRU, gradcheck.seed))
+''')
+    result = pytester.runpytest("-q", "--gradcheck-seed", "-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --gradcheck-seed=-1 must be a non-negative integer"])
+    result.stdout.no_fnmatch_line("*test_gru*")
+
+
+def test_marker_arguments_other_than_the_options_fail_the_test(pytester):
+    write(pytester, '''
+@pytest.mark.gradcheck(atoll=1e-12)
+def test_misspelt(gradcheck):
+    gradcheck(*case(GRU, 0))
+
+@pytest.mark.gradcheck(0.5)
+def test_positional(gradcheck):
+    gradcheck(*case(GRU, 0))
+''')
+    result = pytester.runpytest("-q")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines_random([
+        "*test_user.py::test_misspelt: @pytest.mark.gradcheck got unknown argument atoll=1e-12;"
+        " it accepts atol, rtol, oracles*",
+        "*test_user.py::test_positional: @pytest.mark.gradcheck takes keyword arguments only"
+        " (atol, rtol, oracles), got positional 0.5*",
+    ])
+
+
+def test_report_names_are_unique_per_node_id_and_stable(pytester, tmp_path):
+    write(pytester, '''
+@pytest.mark.parametrize("bug", ["reset-gate-derivative"] * 2, ids=["a/b", "a_b"])
+def test_broken(gradcheck, bug):
+    gradcheck(*case(BROKEN_GRUS[bug], 0), oracles="analytic,numeric")
+''')
+    reports = tmp_path / "reports"
+    expected = {report_name(f"test_user.py::test_broken[{i}]", "test_user.py_test_broken_a_b")
+                for i in ("a/b", "a_b")}
+    assert len(expected) == 2
+    for _ in range(2):   # a second run writes the same two names
+        result = pytester.runpytest("-q", f"--gradcheck-report-dir={reports}")
+        result.assert_outcomes(failed=2)
+        assert {f.name for f in reports.glob("*.html")} == expected
+        result.stdout.fnmatch_lines_random([f"*report: {reports / name}*" for name in expected])

@@ -9,7 +9,7 @@ from cells.gru import GRU, GRUConfig
 from cells.stacked import StackedCell
 from cli import EXIT_INTERRUPTED, EXIT_PASS, EXIT_USAGE, main
 from gradcheck import Batch, check_gradients, function_cell
-from gradcheck.check import CellError
+from gradcheck.check import CellError, CheckCannotFail
 
 
 def case(seed=0, steps=4, batch=2, mask=None, **fields):
@@ -55,11 +55,42 @@ def test_no_time_steps():
         check_gradients(cell, params, empty, oracles="analytic,numeric")
 
 
-def test_all_masked_batch_passes_with_a_note():
+def test_all_masked_batch_is_refused_as_a_check_that_cannot_fail():
     cell, params, batch = case(mask=np.zeros((4, 2)))
-    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
-    assert result.passed
-    assert "exactly zero in every oracle" in result.summary()
+    with pytest.raises(CheckCannotFail, match="every gradient is exactly zero in every oracle"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric")
+
+
+def test_a_loss_that_is_nan_everywhere_is_an_input_error():
+    cell, params, batch = case()
+    nan_cell = function_cell(loss=lambda p, b: float("nan"), gradient=cell.gradient,
+                             params=params)
+    with pytest.raises(CellError, match=r"loss\(\) gave nan .*checked where the loss is finite"):
+        check_gradients(nan_cell, params, batch, oracles="analytic,numeric")
+
+
+@pytest.mark.parametrize("atol, rtol", [(1e9, None), (0.9, 0.9)])
+def test_a_tolerance_that_lets_zero_pass_everywhere_is_refused(atol, rtol):
+    # the analytic gradient here is exactly zero: only the refusal keeps it from passing
+    cell, params, batch = case()
+    zero = function_cell(loss=cell.loss, params=params,
+                         gradient=lambda p, b: {k: np.zeros_like(v) for k, v in p.items()})
+    with pytest.raises(CheckCannotFail, match="lets a zero gradient pass on every parameter"):
+        check_gradients(zero, params, batch, oracles="analytic,numeric", atol=atol, rtol=rtol)
+    assert not check_gradients(zero, params, batch, oracles="analytic,numeric").passed
+
+
+def test_a_parameter_whose_gradient_is_within_the_tolerance_of_zero_is_named():
+    cell, params, batch = case()
+    largest = {k: float(np.abs(g).max()) for k, g in cell.gradient(params, batch).items()}
+    smallest = min(largest, key=largest.get)
+    atol = 1.01 * largest[smallest]
+    assert max(largest.values()) > 2 * atol
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric", atol=atol, rtol=0)
+    note = next(n for n in result.notes if n.startswith("a zero gradient would pass on"))
+    assert note.split(":")[0].split(" on ")[1].split(", ") == [smallest]
+    assert not any(n.startswith("a zero gradient") for n in check_gradients(
+        cell, params, batch, oracles="analytic,numeric", seed=0).notes)
 
 
 @pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-3), (np.float16, 1e-2)])

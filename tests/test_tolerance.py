@@ -11,10 +11,32 @@ def test_float64_defaults_and_overrides():
     assert tol == Tolerance(5e-3, 1e-3)   # dict overrides only the dtype it names
 
 
-@pytest.mark.parametrize("bad", [0.0, -1e-6, float("nan"), float("inf")])
-def test_non_positive_tolerance_is_refused(bad):
+@pytest.mark.parametrize("bad", [-1e-6, float("nan"), float("inf")])
+def test_negative_or_non_finite_tolerance_is_refused(bad):
     with pytest.raises(ValueError, match="atol"):
         resolve_tolerance(np.float64, atol=bad)
+    with pytest.raises(ValueError, match="rtol"):
+        resolve_tolerance(np.float64, rtol=bad)
+
+
+def test_zero_makes_a_purely_relative_or_absolute_test():
+    assert resolve_tolerance(np.float64, atol=0.0) == Tolerance(0.0, 1e-5)
+    assert resolve_tolerance(np.float64, rtol=0.0) == Tolerance(1e-6, 0.0)
+    assert not agree(1e-9, 0.0, Tolerance(0.0, 1e-5))
+
+
+@pytest.mark.parametrize("rtol", [1.0, 3.0, {"float64": 1.0}])
+def test_rtol_of_one_or_more_is_refused(rtol):
+    # with rtol >= 1, |0 - b| <= rtol |b| holds for every b: a zero gradient would pass
+    assert agree(0.0, 123.0, Tolerance(0.0, 1.0))
+    with pytest.raises(ValueError, match="must be less than 1"):
+        resolve_tolerance(np.float64, rtol=rtol)
+
+
+def test_zero_bound_is_where_a_zero_gradient_agrees():
+    tol = Tolerance(atol=1e-3, rtol=0.5)
+    assert tol.zero_bound == 2e-3
+    assert agree(0.0, tol.zero_bound, tol) and not agree(0.0, 1.01 * tol.zero_bound, tol)
 
 
 def test_integer_dtype_has_no_defaults():

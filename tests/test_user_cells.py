@@ -85,6 +85,10 @@ BAD = [
     ("{f}:x", "x = 1\n", "x is a int"),
     ("{f}:Model", "raise RuntimeError('boom')\n", "importing * raised RuntimeError: boom"),
     ("{f}:Model", "class Model:\n    pass\n", "without forward_propagation and bptt"),
+    ("{f}:Model", "class Model:\n    def forward_propagation(self, x):\n        pass\n",
+     "Model has forward_propagation but no bptt method: *"),
+    ("{f}:model", "class Model:\n    def bptt(self, x, y):\n        pass\nmodel = Model()\n",
+     "model has bptt but no forward_propagation method: *"),
     ("{f}:make", "def make():\n    return 1\n", "must take a seed argument"),
     ("{f}:make", "def make(seed):\n    return 1\n", "returned int, not gradcheck.Case"),
 ]
@@ -121,6 +125,11 @@ class Model(blog_gru.BlogGRU):
     ("grads[1] = grads[1][0]", "analytic gradient: U has shape (3, 4, 4), expected (2, 3, 4, 4)"),
     ("grads[2] = grads[2].astype(int)", "analytic gradient: V has dtype int64, expected a float"),
     ("1 / 0", "the analytic oracle failed: the cell raised ZeroDivisionError"),
+    ("grads = dict(zip('EUVWbc', grads))",
+     "Model.bptt(x, y) must return a list of the gradients of E, U, V, W, b, c, in that order"),
+    ("grads = dict(zip('EUVWbc', grads))", "it returned a dict with keys 'E', 'U', 'V'"),
+    ("grads[2] = grads[2].astype(np.float32)",
+     "Model.bptt(x, y) returned the gradient of V as float32, but parameter V is float64"),
 ])
 def test_bad_gradients_exit_2(capsys, tmp_path, change, message):
     path = user_file(tmp_path, MODEL.format(blog=str(BLOG.parent), change=change))
@@ -172,3 +181,196 @@ def test_model_cell_restores_the_models_own_arrays():
     check_gradients(case.cell, case.params, case.batch)
     assert model.U is not None and np.array_equal(model.U, before)
     assert isinstance(case, Case)
+
+
+# --- user code that exits, prints, or returns the wrong kind of thing -------------------
+
+TANH_CELL = '''
+import sys
+import numpy as np
+from gradcheck import Batch, Case, function_cell
+
+def loss(p, batch):
+    {loss_line}
+    return float(np.tanh(batch.x @ p["W"]).sum())
+
+def gradient(p, batch):
+    {gradient_line}
+    a = np.tanh(batch.x @ p["W"])
+    return {{"W": np.einsum("tbd,tbk->dk", batch.x, 1 - a ** 2)}}
+
+def make_case(seed):
+    {make_case_line}
+    rng = np.random.default_rng(seed)
+    params = {{"W": rng.normal(size=(3, 6))}}
+    batch = Batch(rng.normal(size=(4, 2, 3)), np.zeros((4, 2), int), np.ones((4, 2)))
+    return Case(function_cell(loss=loss, gradient=gradient, params=params), params, batch,
+                seed=seed)
+'''
+
+
+def tanh_cell(tmp_path, loss_line="pass", gradient_line="pass", make_case_line="pass",
+              name="my_cell.py"):
+    """A make_case file around a correct tanh layer, one line of each function replaced."""
+    return user_file(tmp_path, TANH_CELL.format(loss_line=loss_line, gradient_line=gradient_line,
+                                                make_case_line=make_case_line), name=name)
+
+
+OWN_CELL = '''
+import numpy as np
+from gradcheck import Batch, Case, ParamSpec
+
+class OwnCell:
+    def param_specs(self):
+        return [ParamSpec("W", (3, 6))]
+
+    def loss(self, p, batch):
+        return float(np.tanh(batch.x @ p["W"]).sum())
+
+    def gradient(self, p, batch):
+        raise SystemExit("done")
+
+def make_case(seed):
+    rng = np.random.default_rng(seed)
+    params = {"W": rng.normal(size=(3, 6))}
+    batch = Batch(rng.normal(size=(4, 2, 3)), np.zeros((4, 2), int), np.ones((4, 2)))
+    return Case(OwnCell(), params, batch, seed=seed)
+'''
+
+EXITS = [      # (file body or a tanh_cell line, target, what the last stderr line says)
+    ("import sys\nsys.exit(0)\n", "X",
+     ["importing ", "my_cell.py raised SystemExit(0) at my_cell.py:2", '__name__ == "__main__"']),
+    ("import sys\nsys.exit(3)\n", "X", ["my_cell.py raised SystemExit(3) at my_cell.py:2"]),
+    ("import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', required=True)\n"
+     "args = p.parse_args()\n", "X",
+     ["my_cell.py raised SystemExit(2) at my_cell.py:4 in argparse", '__name__ == "__main__"']),
+    ("class Stop(BaseException):\n    pass\nraise Stop('here')\n", "X",
+     ["raised Stop('here') at my_cell.py:3", "Stop derives from BaseException, not Exception"]),
+    ({"make_case_line": "raise SystemExit(0)"}, "make_case",
+     ["make_case(...) raised SystemExit(0) at my_cell.py:16", "instead of exiting"]),
+    ({"gradient_line": "sys.exit(0)"}, "make_case",
+     ["gradient() raised SystemExit(0) at my_cell.py:11", "instead of exiting"]),
+    ({"loss_line": "sys.exit()"}, "make_case", ["loss() raised SystemExit() at my_cell.py:7"]),
+    (OWN_CELL, "make_case", ["OwnCell.gradient() raised SystemExit('done') at my_cell.py:13"]),
+    (MODEL.format(blog=str(BLOG.parent), change="raise SystemExit(0)"), "Model",
+     ["Model.bptt() raised SystemExit(0) at my_cell.py:10"]),
+    (MODEL.format(blog=str(BLOG.parent), change="pass") + "    def forward_propagation(self, x):\n"
+     "        sys.exit(0)\n", "Model",
+     ["Model.calculate_total_loss() raised SystemExit(0) at my_cell.py:13"]),
+    (MODEL.format(blog=str(BLOG.parent), change="pass") + "    def __init__(self):\n"
+     "        sys.exit(0)\n", "Model", ["Model() raised SystemExit(0) at my_cell.py:13"]),
+]
+
+
+@pytest.mark.parametrize("body, name, says", EXITS)
+def test_user_code_that_exits_is_a_usage_error_naming_it(capsys, tmp_path, body, name, says):
+    path = (tanh_cell(tmp_path, **body) if isinstance(body, dict)
+            else user_file(tmp_path, body, name="my_cell.py"))
+    code, out, err = run(capsys, "check", f"{path}:{name}")
+    assert code == EXIT_USAGE and out == "", (code, out, err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gradcheck check: error: ") and "Traceback" not in err
+    for text in says:
+        assert text in last, last
+    if "argparse" not in body:          # argparse writes its own usage message first
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_and_generator_exit_in_user_code_keep_their_meaning(capsys, tmp_path):
+    from cli import EXIT_INTERRUPTED
+    from gradcheck.loader import UserCodeError, user_code
+
+    for kind in (KeyboardInterrupt, GeneratorExit):
+        with pytest.raises(kind):
+            with user_code("gradient()"):
+                raise kind()
+    with pytest.raises(ZeroDivisionError):      # errors take their usual way, too
+        with user_code("gradient()"):
+            1 / 0
+    with pytest.raises(UserCodeError, match=r"^gradient\(\) raised SystemExit\(4\)"):
+        with user_code("gradient()"):
+            raise SystemExit(4)
+    path = user_file(tmp_path, "raise KeyboardInterrupt\n")
+    code, _, err = run(capsys, "check", f"{path}:X")
+    assert code == EXIT_INTERRUPTED and "interrupted" in err
+
+
+def test_user_output_to_stderr_keeps_stdout_for_the_json(capsys, tmp_path):
+    from gradcheck.loader import case_from_target, load_target, user_output_to_stderr
+
+    path = tanh_cell(tmp_path, loss_line="print('in loss')", gradient_line="print('in gradient')",
+                     make_case_line="print('in make_case')")
+    path.write_text('print("importing the cell")\n' + path.read_text())
+    with user_output_to_stderr():
+        case = case_from_target(load_target(f"{path}:make_case"), name="make_case", steps=4,
+                                batch=2, seed=0)
+        result = check_gradients(case.cell, case.params, case.batch)
+    print(json.dumps(result.as_dict()))
+    out, err = capsys.readouterr()
+    assert json.loads(out)["verdict"] == "pass"
+    for text in ("importing the cell", "in make_case", "in loss", "in gradient"):
+        assert text in err
+    with user_output_to_stderr(active=False):
+        case.cell.loss(case.params, case.batch)
+    assert capsys.readouterr() == ("in loss\n", "")
+
+
+def test_json_stdout_is_one_object_when_the_cell_prints(capsys, tmp_path):
+    path = tanh_cell(tmp_path, loss_line="print('in loss')")
+    code, out, err = run(capsys, "check", f"{path}:make_case", "--json")
+    assert code == EXIT_PASS, err
+    assert json.loads(out)["verdict"] == "pass" and "in loss" in err
+
+
+def test_a_gradient_that_is_not_a_dict_is_named(capsys, tmp_path):
+    path = tanh_cell(tmp_path, gradient_line='return np.zeros_like(p["W"])')
+    code, out, err = run(capsys, "check", f"{path}:make_case")
+    assert code == EXIT_USAGE and out == ""
+    assert ("gradient() must return a dict name -> array, like {'W': dL/dW}; it returned a "
+            "NumPy array of shape (3, 6)") in err
+
+
+def test_a_gradient_in_another_dtype_than_its_parameter_is_refused():
+    from gradcheck.check import CellError
+    from gradcheck.user_cells import check_gradient_dtypes
+
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(size=(3, 4))}
+    batch = Batch(rng.normal(size=(5, 2, 3)), np.zeros((5, 2), int), np.ones((5, 2)))
+    loss = lambda p, b: float(np.tanh(b.x @ p["W"]).sum())
+
+    def gradient(p, b):
+        a = np.tanh(b.x @ p["W"])
+        return {"W": np.einsum("tbd,tbk->dk", b.x, 1 - a ** 2).astype(np.float32)}
+
+    cell = function_cell(loss=loss, gradient=gradient, params=params)
+    with pytest.raises(CellError, match=r"gradient\(\) returned the gradient of W as float32, "
+                                        r"but parameter W is float64"):
+        check_gradients(cell, params, batch)
+    p32, g64 = {"W": np.ones(2, np.float32)}, {"W": np.ones(2)}
+    with pytest.raises(ValueError, match="W as float64, but parameter W is float32"):
+        check_gradient_dtypes(p32, g64, "gradient()")
+    check_gradient_dtypes(p32, g64, "gradient()", exact=False)     # more precise: allowed
+    with pytest.raises(ValueError, match="W as float32, but parameter W is float64"):
+        check_gradient_dtypes({"W": np.ones(2)}, {"W": np.ones(2, np.float32)}, "gradient()",
+                              exact=False)
+
+
+def test_a_guarded_cell_is_checked_exactly_as_the_cell_itself():
+    from cells import GRU, GRUConfig, get_cell
+    from gradcheck.user_cells import GuardedCell
+
+    config = GRUConfig(layers=2)
+    cell = get_cell("gru").broken()["blog-reset-delta"](config)
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    plain = check_gradients(cell, params, batch, seed=0).as_dict()
+    guarded = check_gradients(GuardedCell(cell), params, batch, seed=0).as_dict()
+    assert plain["verdict"] == "fail" and plain["localisation"] is not None
+    for key in ("summary", "localisation", "comparisons", "notes"):
+        assert guarded[key] == plain[key], key
+    wrapped = GuardedCell(GRU(config))
+    assert wrapped.config is config and not hasattr(wrapped, "no_such_method")
+    wrapped.flag = 1
+    assert wrapped._gradcheck_cell.flag == 1

@@ -9,6 +9,11 @@ The classes marked "blog" put back a bug of the seed blog's NumPy BPTT
 (``003_*.txt``), translated from its column-vector notation (``W.dot(s)``)
 into the reference GRU's row-vector one (``h @ U``).  ``SEED_BLOG_BUGS`` lists
 them in the blog's order.
+
+A bug that only some configurations or data exercise has a ``dormant(batch)``
+method: the reason it cannot change the gradient on ``batch`` (with the options
+that would wake it), or None; ``gradcheck.runner.check_builtin`` refuses to
+check a dormant bug.
 """
 
 from __future__ import annotations
@@ -87,8 +92,15 @@ class OffByOneWindowGRU(GRU):
     """Wrong truncation window: BPTT(k) written as ``range(t - k + 1, t + 1)``, so the
     loss at step t reaches back over k steps instead of k + 1 (max(0, t - k) .. t).
 
-    Wrong parameters: every recurrent parameter, when truncate=k < T - 1, truncation=window.
+    Wrong parameters: every recurrent parameter, when truncate=k < T, truncation=window.
     """
+
+    def dormant(self, batch):
+        T = batch.mask.shape[0]
+        if self.truncation.kind != "window" or self.truncation.k >= T:
+            return ("it shortens truncation windows that start after step 0: use window "
+                    f"truncation with fewer steps than the sequence (--truncate K with K < {T})")
+        return None
 
     def _window_start(self, t, steps):
         if self.truncation.kind != "window":
@@ -100,8 +112,18 @@ class MaskIgnoredInBackwardGRU(GRU):
     """Mask forgotten in the backward pass: every step is back-propagated as if
     unmasked, although the forward pass carried the state over.
 
-    Wrong parameters: every recurrent parameter, whenever the mask has zeros.
+    Wrong parameters: every recurrent parameter, whenever a sequence has a masked
+    step before an unmasked one (right padding alone, masked steps at the end that
+    nothing back-propagates into, leaves the gradient right).
     """
+
+    def dormant(self, batch):
+        off = np.asarray(batch.mask) == 0
+        later_on = np.flip(np.cumsum(np.flip(~off, 0), 0), 0) > np.asarray(~off, int)
+        if not np.any(off & later_on):
+            return ("it matters only at a masked step followed by an unmasked one in the same "
+                    "sequence: use --mask random")
+        return None
 
     def _layer_step_backward(self, l, params, dh, h, step_cache, grads, **kwargs):
         a_rz, rz, n, q, mt = step_cache
@@ -117,6 +139,9 @@ class BlogResetDeltaGRU(GRU):
     ``(W_h^T delta_h) * s_{t-1} * sigma'(a_r)``; here ``(da_h * h) U_r^T`` for
     ``(da_h U_h^T) * h * g'(a_r)``.  Wrong parameters: block r; reset="before".
     """
+
+    def dormant(self, batch):
+        return _needs_reset_before(self)
 
     def _reset_gate_delta(self, da_h, h, q, U, slope_r):
         H = self.config.hidden_size
@@ -135,6 +160,9 @@ class BlogStateAdjointOrderGRU(GRU):
     touch is wrong, and the last step's contributions are not.  reset="before".
     """
 
+    def dormant(self, batch):
+        return _needs_reset_before(self)
+
     @staticmethod
     def _candidate_state_adjoint(da_h, U_h, r):
         return (da_h * r) @ U_h.T                   # the bug: the gate inside the product
@@ -146,6 +174,11 @@ class BlogOutputDeltaEveryLayerGRU(GRU):
 
     Wrong parameters: every parameter below the top layer (layers >= 2).
     """
+
+    def dormant(self, batch):
+        if self.config.layers < 2:
+            return "it changes the layers below the top one only: use --layers 2 or more"
+        return None
 
     @staticmethod
     def _adjoint_for_layer_below(dx, dtop):
@@ -159,9 +192,15 @@ class BlogHardSigmoidSlopeGRU(GRU):
     gate="hard".
     """
 
+    def dormant(self, batch):
+        if self.config.gate != "hard":
+            return "it is a bug of hard-sigmoid gates: use --gate hard"
+        return None
+
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.gate_grad = lambda a, g: hard_sigmoid_grad(g, g)   # the bug: g for a
+        if self.config.gate == "hard":
+            self.gate_grad = lambda a, g: hard_sigmoid_grad(g, g)   # the bug: g for a
 
 
 class BlogEmbeddingWordGRU(GRU):
@@ -169,6 +208,12 @@ class BlogEmbeddingWordGRU(GRU):
     back-propagated step is added to the row of the word at the loss step
     (``dLdE[:, word[t]]``) instead of the word at that step.  Wrong parameter: E.
     """
+
+    def dormant(self, batch):
+        if not self.config.embedding or batch.mask.shape[0] < 2:
+            return ("it sends embedding gradients of earlier steps to the wrong word: use "
+                    "--embedding and at least 2 steps")
+        return None
 
     @staticmethod
     def _embedding_rows(batch, span, t_loss):
@@ -181,6 +226,11 @@ class BlogEmptyLoopGRU(GRU):
     ``range(max(0, t - k), t + 1)``, which is empty, so every recurrent
     gradient is zero.  Wrong parameters: everything but V and c.
     """
+
+    def dormant(self, batch):
+        if self.truncation.kind != "full":
+            return "it empties the loop of full BPTT only: leave out --truncate (or use -1)"
+        return None
 
     def _window_start(self, t, steps):
         if self.truncation.kind == "full":
@@ -232,6 +282,12 @@ class BlogOutputMutatedGRU(GRU):
         else:
             delta_o[np.arange(batch.mask.shape[1]), batch.y] -= 1.0
         return dtop
+
+
+def _needs_reset_before(cell):
+    if cell.config.reset != "before":
+        return "it is in the reset-before form's backward pass: use --reset before"
+    return None
 
 
 BROKEN_GRUS = {
