@@ -306,6 +306,9 @@ def _run_check(args) -> int:
     from gradcheck.text_report import format_result
 
     checking = _checking(args)
+    if args.html is not None:
+        from reports import check_output_path
+        check_output_path(args.html)                    # before the check runs
     if is_file_target(args.cell):
         with user_output_to_stderr(args.json):          # stdout: the JSON object only
             result = _check_file_target(args, checking)
@@ -328,7 +331,7 @@ def _run_check(args) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(format_result(result))
-    if args.html:
+    if args.html is not None:
         from reports import write_report
         path = write_report(doc, args.html)
         print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
@@ -385,7 +388,9 @@ def _run_compare(args) -> int:
 
 
 def _run_report(args) -> int:
-    from reports import write_report
+    from reports import check_output_path, validate_result, write_report
+
+    check_output_path(args.output)
 
     try:
         with open(args.result, encoding="utf-8") as f:
@@ -398,6 +403,7 @@ def _run_report(args) -> int:
                or k not in doc]
     if missing:
         raise ValueError(f"{args.result} is not a gradcheck result: missing {', '.join(missing)}")
+    validate_result(doc, source=args.result)
     path = write_report(doc, args.output)
     print(f"report: {path}")
     return EXIT_PASS

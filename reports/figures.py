@@ -37,7 +37,7 @@ def _to_uri(fig) -> str:
 
 def _as_matrix(a):
     a = np.asarray(a, dtype=np.float64)
-    return a.reshape(1, -1) if a.ndim == 1 else a.reshape(a.shape[0], -1)
+    return a.reshape(1, -1) if a.ndim <= 1 else a.reshape(a.shape[0], -1)
 
 
 def _mark_blocks(ax, blocks, axis, shape):
@@ -74,7 +74,7 @@ def parameter_heatmaps(name, shape, panels, blocks=None, block_axis=-1) -> str:
 
     mats = [(title, _as_matrix(a), kind) for title, a, kind in panels]
     rows, cols = mats[0][1].shape
-    vector = len(shape) == 1
+    vector = len(shape) <= 1         # a vector or a scalar: one row
     values = [m for _, m, kind in mats if kind == "value"]
     vmax = max((float(np.nanmax(np.abs(m))) for m in values if m.size), default=1.0) or 1.0
     # fixed figure size whatever the matrix size: wide matrices get short panels
