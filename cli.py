@@ -299,33 +299,41 @@ def _check_file_target(args, checking):
     return result
 
 
-def _run_check(args) -> int:
+def _checked(args, checking):
+    """The CheckResult of ``gradcheck check``'s target: a built-in cell or a file's."""
     from gradcheck.check import ORACLES
     from gradcheck.loader import is_file_target, user_output_to_stderr
     from gradcheck.runner import check_builtin
+
+    if is_file_target(args.cell):
+        with user_output_to_stderr(args.json):          # stdout: the JSON object only
+            return _check_file_target(args, checking)
+    from cells import get_cell
+    fields = set(get_cell(args.cell).config_class.__dataclass_fields__)
+    config = {}
+    for option, value in _given(args, CONFIG_OPTIONS).items():
+        if CONFIG_OPTIONS[option] not in fields:
+            raise ValueError(f"--{option} does not apply to cell {args.cell!r}")
+        config[CONFIG_OPTIONS[option]] = value
+    if args.embedding_sample is not None and not config.get("embedding"):
+        raise ValueError("--embedding-sample applies to cells with --embedding only")
+    return check_builtin(
+        args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
+        mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",
+        **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
+
+
+def _run_check(args) -> int:
+    from gradcheck import progress
     from gradcheck.text_report import format_result
 
     checking = _checking(args)
     if args.html is not None:
         from reports import check_output_path
         check_output_path(args.html)                    # before the check runs
-    if is_file_target(args.cell):
-        with user_output_to_stderr(args.json):          # stdout: the JSON object only
-            result = _check_file_target(args, checking)
-    else:
-        from cells import get_cell
-        fields = set(get_cell(args.cell).config_class.__dataclass_fields__)
-        config = {}
-        for option, value in _given(args, CONFIG_OPTIONS).items():
-            if CONFIG_OPTIONS[option] not in fields:
-                raise ValueError(f"--{option} does not apply to cell {args.cell!r}")
-            config[CONFIG_OPTIONS[option]] = value
-        if args.embedding_sample is not None and not config.get("embedding"):
-            raise ValueError("--embedding-sample applies to cells with --embedding only")
-        result = check_builtin(
-            args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
-            mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",
-            **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
+    # a bar on stderr when it is a terminal and the numeric oracle runs over a second
+    with progress.showing(progress.TqdmBar() if sys.stderr.isatty() else None):
+        result = _checked(args, checking)
     doc = result.as_dict()
     if args.json:
         print(json.dumps(doc, indent=2))

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradcheck import progress
 from gradcheck.perturbed_rows import PerturbedRows
 
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
@@ -139,6 +140,7 @@ def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE,
             value[i] = (f_plus - f_minus) / (2.0 * h)
             fwd, bwd = (f_plus - f0) / h, (f0 - f_minus) / h
             kinks[i] = abs(fwd - bwd) > KINK_RTOL * max(abs(fwd), abs(bwd)) + 1e3 * STEP_SCALE ** 2
+            progress.advance(1)
         out[name] = NumericGradient(value.reshape(theta.shape), kinks.reshape(theta.shape))
     return out
 
@@ -367,6 +369,7 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
                 values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
                 f = losses(_stack(work, name, np.repeat(i, 2), values, cell))
                 f_plus[i], f_minus[i] = f[0::2], f[1::2]
+                progress.advance(len(i))
 
             each(one_pass, _chunks(_selected(elements, name, flat.size),
                                    _stack_limit(size, work[name], 2, cell, name)))
@@ -426,6 +429,7 @@ def complex_step(loss, params, names=None, *, step: float = COMPLEX_STEP, elemen
             # dL/dtheta_i = Im L(theta + i h e_i) / h
             value[i] = _imaginary(loss(work), "the loss") / step
             flat[i] = old
+            progress.advance(1)
         out[name] = NumericGradient(value.reshape(theta.shape), np.zeros(theta.shape, dtype=bool))
     return out
 
@@ -466,6 +470,7 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
                 losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step, cell), batch)
                 # dL/dtheta_i = Im L(theta + i h e_i) / h
                 value[i] = _imaginary(losses, "cell.losses") / step
+                progress.advance(len(i))
 
             each(one_pass, _chunks(_selected(elements, name, flat.size),
                                    _stack_limit(size, work[name], 2, cell, name)))   # complex
@@ -514,6 +519,16 @@ def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched"
     """
     if method not in NUMERIC_METHODS:
         raise ValueError(f"numeric method {method!r} is not one of {', '.join(NUMERIC_METHODS)}")
+    total = sum(len(_selected(elements, name, np.size(params[name])))
+                for name in (names if names is not None else params))
+    with progress.task("numeric oracle", total):       # shown by a caller (the CLI's bar)
+        return _numeric_gradient(cell, params, batch, names, method=method, scale=scale,
+                                 chunk=chunk, elements=elements, out=out, loss=loss,
+                                 workers=workers)
+
+
+def _numeric_gradient(cell, params, batch, names, *, method, scale, chunk, elements, out, loss,
+                      workers):
     loss = loss if loss is not None else numeric_loss(cell, params, batch)
     truncated = getattr(getattr(cell, "truncation", None), "kind", "full") != "full"
     if method == "complex":
