@@ -113,7 +113,7 @@ class GRU(StackedCell):
             that the gate arithmetic runs over contiguous arrays.
         m_t: the step's mask (B,), or None when every sequence is on (h_t = h'_t).
         out: None, or the arrays the step writes into, ``(a_rz, rz, n, q, h_t)`` of the
-            full (..., B, width) shapes (see ``_step_buffers``; a_rz is None for
+            full (..., B, width) shapes (see ``_step_arrays``; a_rz is None for
             sigmoid gates, q for reset "before"): the gates are computed in place
             there, with no per-step allocation and no copy into the backward cache.
         blocks: ``_recurrent_blocks(l, params)``, when the caller has it from before
@@ -162,16 +162,20 @@ class GRU(StackedCell):
         U = params[f"U{l}"]                                     # (..., H, 3H) r | z | h
         return U[..., :2 * H], U[..., 2 * H:], params.get(f"bn{l}")
 
-    def _step_buffers(self, steps, shape, dtype, ws, l):
-        """Empty arrays for ``_layer_step``'s ``out`` (all but h_t): ``(a_rz, rz, n, q)``, each
-        (steps, *shape, width), None where the configuration has no such quantity;
-        from workspace ``ws`` under names of layer l."""
-        H = self.config.hidden_size
+    def _gate_columns(self) -> int:
+        """r | z: the first 2H columns of W, U and b."""
+        return 2 * self.config.hidden_size
 
-        def empty(name, width, needed=True):
-            return ws.empty((name, l), (steps,) + shape + (width,), dtype) if needed else None
-        return (empty("a_rz", 2 * H, self.config.gate != "sigmoid"), empty("rz", 2 * H),
-                empty("n", H), empty("q", H, self.config.reset == "after"))
+    def _state_width(self) -> int:
+        """h_t: H."""
+        return self.config.hidden_size
+
+    def _step_arrays(self) -> list:
+        """What ``_layer_step`` writes into: ``(a_rz, rz, n, q)`` (a_rz for hard gates only,
+        q for reset "after" only)."""
+        H = self.config.hidden_size
+        return [("a_rz", 2 * H, self.config.gate != "sigmoid"), ("rz", 2 * H, True),
+                ("n", H, True), ("q", H, self.config.reset == "after")]
 
     def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None, out=None,
                              slopes=None):
@@ -242,7 +246,7 @@ class GRU(StackedCell):
             return
         H = self.config.hidden_size
         span = slice(steps.start, steps.stop)
-        h = self._previous_states(cache["hs"], steps)           # (n, B, H)
+        h = self._previous_states(cache["states"], steps)           # (n, B, H)
         dU = grads[f"U{l}"]
         if self.config.reset == "before":
             da = dxp[span]                                      # (n, B, 3H)
@@ -296,46 +300,6 @@ class GRU(StackedCell):
         return state[-1]
 
     # ------------------------------------------------------- whole sequences
-    def _layer_forward(self, l, params, x, mask, keep_steps=True):
-        """Layer l over all steps: inputs x (..., T, B, D) -> h_t (..., T, B, H), and its cache.
-
-        Leading axes are probes (see ``losses``); ``keep_steps`` keeps what the
-        backward pass needs of every step.
-        """
-        H = self.config.hidden_size
-        T, B = mask.shape
-        W, b = params[f"W{l}"], params[f"b{l}"]
-        # x_t W + b of all steps at once, gates r | z and candidate apart (contiguous blocks)
-        ws = workspace.active()                                 # reused arrays, or fresh ones
-        xp_rz = self._project(x, W[..., :2 * H], b[..., :2 * H], ws, ("xp_rz", l))  # (..., T, B, 2H)
-        xp_h = self._project(x, W[..., 2 * H:], b[..., 2 * H:], ws, ("xp_h", l))     # (..., T, B, H)
-        own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
-        lead = np.broadcast_shapes(xp_rz.shape[:-3], *(np.shape(p)[:-2] for p in own))
-        dtype = np.result_type(xp_rz, *own)                     # complex under the complex step
-        # hs[t + 1] = h_t, hs[0] = h_{-1} = 0
-        hs = ws.empty(("hs", l), (T + 1,) + lead + (B, H), dtype)
-        hs[0] = 0.0
-        # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
-        # or one (1, ..., B, width) set that every step reuses
-        bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype, ws, l)
-        steps = []
-        on = self._steps_all_on(mask)
-        blocks = self._recurrent_blocks(l, params)
-        # each step's views, made before the loop: inputs, states, and what it writes
-        xs = zip(np.moveaxis(xp_rz, -3, 0), np.moveaxis(xp_h, -3, 0))
-        states = list(hs)
-        kept = [[None] * T if buf is None else list(buf) if keep_steps else [buf[0]] * T
-                for buf in bufs]
-        for t, xp_t, *out in zip(range(T), xs, *kept, states[1:]):
-            m_t = None if on[t] else mask[t]                    # None: no blend with h_{t-1}
-            h_t, step_cache = self._layer_step(l, params, states[t], xp_t, m_t, out=out,
-                                               blocks=blocks)
-            self._written(out, step_cache[:4] + (h_t,))         # where the backward pass reads
-            if keep_steps:
-                steps.append(step_cache)
-        return np.moveaxis(hs[1:], 0, -3), dict(x=x, hs=hs, steps=steps, a_rz=bufs[0],
-                                                rz=bufs[1], n=bufs[2])
-
     def forward(self, params, batch: Batch):
         """Loss and the cache the backward pass needs."""
         x = self.embed(params, batch)                           # (T, B, D)
@@ -346,16 +310,6 @@ class GRU(StackedCell):
             layers.append(layer_cache)
         loss, rc = self._readout(params, x, batch)
         return loss, dict(layers=layers, top=x, readout=rc)
-
-    @staticmethod
-    def _previous_state(hs, t):
-        """h_{t-1}, the state entering step t; ``hs[0]`` is the initial state h_{-1} = 0."""
-        return hs[t]
-
-    @staticmethod
-    def _previous_states(hs, steps):
-        """The states entering ``steps`` (a range), stacked: ``_previous_state`` of each."""
-        return hs[steps.start:steps.stop]
 
     @staticmethod
     def _adjoint_for_layer_below(dx, dtop):
@@ -393,12 +347,12 @@ class GRU(StackedCell):
             if lc["rz"][span].nbytes <= HOIST_BYTES:
                 a_rz = lc["a_rz"][span] if lc["a_rz"] is not None else None
                 slopes = self._step_slopes(a_rz, lc["rz"][span], lc["n"][span],
-                                           self._previous_states(lc["hs"], range(t_lo, t_hi + 1)))
+                                           self._previous_states(lc["states"], range(t_lo, t_hi + 1)))
             for t in range(t_hi, t_lo - 1, -1):
                 dh = dabove[t] + dh_next                        # total dL/dh_t
                 if record is not None:
                     dh_all[t] = dh
-                h = self._previous_state(lc["hs"], t)           # h_{t-1}
+                h = self._previous_state(lc["states"], t)           # h_{t-1}
                 out = (dxp[t], None if dq is None else dq[t])
                 dh_next, da = self._layer_step_backward(l, params, dh, h, lc["steps"][t], grads,
                                                         out=out, slopes=slopes and

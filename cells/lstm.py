@@ -95,7 +95,7 @@ class LSTM(StackedCell):
             the gate arithmetic runs over contiguous arrays.
         m_t: the step's mask (B,), or None when every sequence is on (s_t = s'_t).
         out: None, or the arrays the step writes into, ``(a_ifo, ifo, u, tc, s_t)`` of
-            the full (..., B, width) shapes (see ``_step_buffers``; a_ifo is None for
+            the full (..., B, width) shapes (see ``_step_arrays``; a_ifo is None for
             sigmoid gates): the gates are computed in place there, with no per-step
             allocation and no copy into the backward cache.
         blocks: ``_recurrent_blocks(l, params)``, when the caller has it from before
@@ -145,16 +145,20 @@ class LSTM(StackedCell):
         U = params[f"U{l}"]                                     # (..., H, 4H) i | f | o | c
         return U[..., :3 * H], U[..., 3 * H:]
 
-    def _step_buffers(self, steps, shape, dtype, ws, l):
-        """Empty arrays for ``_layer_step``'s ``out`` (all but s_t): ``(a_ifo, ifo, u, tc)``,
-        each (steps, *shape, width), a_ifo None for sigmoid gates; from workspace ``ws``
-        under names of layer l."""
-        H = self.config.hidden_size
+    def _gate_columns(self) -> int:
+        """i | f | o: the first 3H columns of W, U and b."""
+        return 3 * self.config.hidden_size
 
-        def empty(name, width, needed=True):
-            return ws.empty((name, l), (steps,) + shape + (width,), dtype) if needed else None
-        return (empty("a_ifo", 3 * H, self.config.gate != "sigmoid"), empty("ifo", 3 * H),
-                empty("u", H), empty("tc", H))
+    def _state_width(self) -> int:
+        """s_t = [h_t | c_t]: 2H."""
+        return 2 * self.config.hidden_size
+
+    def _step_arrays(self) -> list:
+        """What ``_layer_step`` writes into: ``(a_ifo, ifo, u, tc)`` (a_ifo for hard gates
+        only)."""
+        H = self.config.hidden_size
+        return [("a_ifo", 3 * H, self.config.gate != "sigmoid"), ("ifo", 3 * H, True),
+                ("u", H, True), ("tc", H, True)]
 
     def _layer_step_backward(self, l, params, ds, s, step_cache, grads=None, out=None):
         """BPTT of one step: dL/ds_t -> (dL/ds_{t-1}, dL/dxp_t).
@@ -206,7 +210,7 @@ class LSTM(StackedCell):
         if not len(steps):                                      # an empty backward loop
             return
         H = self.config.hidden_size
-        h = self._previous_states(cache["ss"], steps)[..., :H]  # (n, B, H)
+        h = self._previous_states(cache["states"], steps)[..., :H]  # (n, B, H)
         grads[f"U{l}"] += self._outer(h, dxp[steps.start:steps.stop])
 
     # ----------------------------------------------------- the step interface
@@ -231,44 +235,6 @@ class LSTM(StackedCell):
         return state[-1][..., :self.config.hidden_size]
 
     # ------------------------------------------------------- whole sequences
-    def _layer_forward(self, l, params, x, mask, keep_steps=True):
-        """Layer l over all steps: inputs x (..., T, B, D) -> h_t (..., T, B, H), and its cache.
-
-        Leading axes are probes (see ``losses``); ``keep_steps`` keeps what the
-        backward pass needs of every step.
-        """
-        H = self.config.hidden_size
-        T, B = mask.shape
-        W, b = params[f"W{l}"], params[f"b{l}"]
-        # x_t W + b of all steps at once, gates i | f | o and candidate apart (contiguous blocks)
-        ws = workspace.active()                                 # reused arrays, or fresh ones
-        xp_ifo = self._project(x, W[..., :3 * H], b[..., :3 * H], ws, ("xp_ifo", l))  # (..., T, B, 3H)
-        xp_c = self._project(x, W[..., 3 * H:], b[..., 3 * H:], ws, ("xp_c", l))      # (..., T, B, H)
-        U = params[f"U{l}"]
-        lead = np.broadcast_shapes(xp_ifo.shape[:-3], np.shape(U)[:-2])
-        dtype = np.result_type(xp_ifo, U)                       # complex under the complex step
-        # ss[t + 1] = s_t = [h_t | c_t], ss[0] = s_{-1} = 0
-        ss = ws.empty(("ss", l), (T + 1,) + lead + (B, 2 * H), dtype)
-        ss[0] = 0.0
-        # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
-        # or one (1, ..., B, width) set that every step reuses
-        bufs = self._step_buffers(T if keep_steps else 1, lead + (B,), dtype, ws, l)
-        kept = [[None] * T if buf is None else list(buf) if keep_steps else [buf[0]] * T
-                for buf in bufs]
-        on = self._steps_all_on(mask)
-        blocks = self._recurrent_blocks(l, params)
-        states = list(ss)
-        steps = []
-        xs = zip(np.moveaxis(xp_ifo, -3, 0), np.moveaxis(xp_c, -3, 0))
-        for t, xp_t, *out in zip(range(T), xs, *kept, states[1:]):
-            m_t = None if on[t] else mask[t]                    # None: no blend with s_{t-1}
-            s_t, step_cache = self._layer_step(l, params, states[t], xp_t, m_t, out=out,
-                                               blocks=blocks)
-            self._written(out, step_cache[:4] + (s_t,))         # where the backward pass reads
-            if keep_steps:
-                steps.append(step_cache)
-        return np.moveaxis(ss[1:, ..., :H], 0, -3), dict(x=x, ss=ss, steps=steps)
-
     def forward(self, params, batch: Batch):
         """Loss and the cache the backward pass needs."""
         x = self.embed(params, batch)                           # (T, B, D)
@@ -278,16 +244,6 @@ class LSTM(StackedCell):
             layers.append(layer_cache)
         loss, rc = self._readout(params, x, batch)
         return loss, dict(layers=layers, top=x, readout=rc)
-
-    @staticmethod
-    def _previous_state(ss, t):
-        """s_{t-1} = [h_{t-1} | c_{t-1}], the state entering step t; ``ss[0]`` is s_{-1} = 0."""
-        return ss[t]
-
-    @staticmethod
-    def _previous_states(ss, steps):
-        """The states entering ``steps`` (a range), stacked: ``_previous_state`` of each."""
-        return ss[steps.start:steps.stop]
 
     def _backward_layers(self, params, cache, dtop, t_lo, t_hi, grads, batch, record=None):
         """BPTT of every layer through steps t_hi down to t_lo; ``dtop`` is dL/dh_t of the
@@ -314,7 +270,7 @@ class LSTM(StackedCell):
                 ds[:, :H] += dabove[t]
                 if record is not None and l == top:
                     carried[t] = ds
-                s = self._previous_state(lc["ss"], t)           # s_{t-1}
+                s = self._previous_state(lc["states"], t)           # s_{t-1}
                 row = dxp[t]
                 ds, da = self._layer_step_backward(l, params, ds, s, lc["steps"][t], grads,
                                                    out=row)

@@ -322,8 +322,79 @@ class StackedCell:
         with workspace.reusing_arrays(self.losses_match_loss):  # the cache is dropped here
             return self.forward(params, batch)[0]
 
+    # ------------------------------------------------------- whole sequences
     def _layer_forward(self, l, params, x, mask, keep_steps=True):
+        """Layer l over all steps: inputs x (..., T, B, D) -> h_t (..., T, B, H), and its cache.
+
+        Leading axes are probes (see ``losses``); ``keep_steps`` keeps what the
+        backward pass needs of every step.  The cache holds ``x``, ``states``
+        ((T + 1, ..., B, S): states[t + 1] is the carried state after step t,
+        states[0] the initial one, 0), each step's ``_layer_step`` cache in
+        ``steps``, and the (T, ..., B, width) arrays the steps wrote into, by the
+        names ``_step_arrays`` gives them.
+        """
+        H = self.config.hidden_size
+        T, B = mask.shape
+        W, b = params[f"W{l}"], params[f"b{l}"]
+        # x_t W + b of all steps at once, the sigmoid gates and the candidate apart
+        # (contiguous blocks, so that the gate arithmetic runs over contiguous arrays)
+        g = self._gate_columns()
+        ws = workspace.active()                                 # reused arrays, or fresh ones
+        xp_gates = self._project(x, W[..., :g], b[..., :g], ws, ("xp_gates", l))        # (..., T, B, g)
+        xp_cand = self._project(x, W[..., g:], b[..., g:], ws, ("xp_candidate", l))     # (..., T, B, H)
+        own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
+        lead = np.broadcast_shapes(xp_gates.shape[:-3], *(np.shape(p)[:-2] for p in own))
+        dtype = np.result_type(xp_gates, *own)                  # complex under the complex step
+        states = ws.empty(("states", l), (T + 1,) + lead + (B, self._state_width()), dtype)
+        states[0] = 0.0
+        # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
+        # or one (1, ..., B, width) set that every step reuses
+        bufs = {name: ws.empty((name, l), (T if keep_steps else 1,) + lead + (B, width), dtype)
+                if needed else None for name, width, needed in self._step_arrays()}
+        kept = [[None] * T if buf is None else list(buf) if keep_steps else [buf[0]] * T
+                for buf in bufs.values()]
+        on = self._steps_all_on(mask)
+        blocks = self._recurrent_blocks(l, params)
+        # each step's views, made before the loop: inputs, states, and what it writes
+        xs = zip(np.moveaxis(xp_gates, -3, 0), np.moveaxis(xp_cand, -3, 0))
+        views = list(states)
+        steps = []
+        for t, xp_t, *out in zip(range(T), xs, *kept, views[1:]):
+            m_t = None if on[t] else mask[t]                    # None: no blend with the state
+            state, step_cache = self._layer_step(l, params, views[t], xp_t, m_t, out=out,
+                                                 blocks=blocks)
+            self._written(out, step_cache[:len(bufs)] + (state,))   # where the backward reads
+            if keep_steps:
+                steps.append(step_cache)
+        return (np.moveaxis(states[1:, ..., :H], 0, -3),
+                dict(x=x, states=states, steps=steps, **bufs))
+
+    def _gate_columns(self) -> int:
+        """How many columns of W (and U, b) the sigmoid gates take, before the candidate's."""
         raise NotImplementedError
+
+    def _state_width(self) -> int:
+        """The width of the state a layer carries from step to step."""
+        raise NotImplementedError
+
+    def _step_arrays(self) -> list:
+        """``(name, width, needed)`` of what ``_layer_step`` writes into (its ``out``, but
+        the state), in order; an array not needed in this configuration is None."""
+        raise NotImplementedError
+
+    def _recurrent_blocks(self, l, params):
+        """The views of layer l's recurrent parameters that its step multiplies by."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _previous_state(states, t):
+        """The state entering step t; ``states[0]`` is the initial state, 0."""
+        return states[t]
+
+    @staticmethod
+    def _previous_states(states, steps):
+        """The states entering ``steps`` (a range), stacked: ``_previous_state`` of each."""
+        return states[steps.start:steps.stop]
 
     @staticmethod
     def _written(out, got):
@@ -386,12 +457,12 @@ class StackedCell:
     def losses_match_loss(self) -> bool:
         """Whether ``losses`` computes the function ``loss`` does.
 
-        False when a subclass below the class that defines ``_layer_forward``
-        overrides the forward pass (``forward``, ``loss``, ``embed``, the readout):
-        ``losses`` would then still run the parent's forward.
+        False when a subclass of the reference cell (the class that first defines
+        ``_layer_step``) overrides the forward pass (``forward``, ``loss``, ``embed``,
+        the readout): ``losses`` would then still run the reference's forward.
         """
         mro = type(self).__mro__
-        owner = next(i for i, c in enumerate(mro) if "_layer_forward" in vars(c))
+        owner = max(i for i, c in enumerate(mro) if "_layer_step" in vars(c))
         forward = ("forward", "loss", "embed", "_readout", "readout_loss", "_project")
         return not any(name in vars(c) for c in mro[:owner] for name in forward)
 

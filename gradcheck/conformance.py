@@ -98,7 +98,7 @@ def _reference_states(config, params, x, mask):
     full = cell.init_params(np.random.default_rng(0))   # readout parameters are unused here
     full.update(params)
     _, cache = cell.forward(full, batch)
-    return cache["layers"][0]["hs"][1:]
+    return cache["layers"][0]["states"][1:]
 
 
 def map_to_reference(user_params: dict, prefix: str | None = None) -> dict:

@@ -375,7 +375,7 @@ def test_step_interface_carries_h_and_c():
         outs.append(cell.output(state))
     _, cache = cell.forward(params, batch)
     np.testing.assert_array_equal(np.stack(outs), cache["top"])
-    np.testing.assert_array_equal(state[1], cache["layers"][1]["ss"][-1])
+    np.testing.assert_array_equal(state[1], cache["layers"][1]["states"][-1])
     assert surrogate_loss(cell, params, batch, FULL)(params) == cell.loss(params, batch)
 
 

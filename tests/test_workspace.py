@@ -44,10 +44,10 @@ def test_a_forward_cache_the_caller_keeps_is_not_overwritten():
     p1, data = make_case(cell, seed=1)
     p2, _ = make_case(cell, seed=2)
     _, cache = cell.forward(p1, data)
-    hs = cache["layers"][0]["hs"].copy()
+    hs = cache["layers"][0]["states"].copy()
     cell.loss_and_gradient(p2, data)
     cell.loss(p2, data)
-    assert np.array_equal(cache["layers"][0]["hs"], hs)
+    assert np.array_equal(cache["layers"][0]["states"], hs)
 
 
 def test_workspace_hands_out_the_same_memory_by_name():
@@ -92,9 +92,9 @@ def test_a_cell_that_overrides_forward_gets_fresh_arrays():
     p2, _ = make_case(cell, seed=2)
     loss1 = cell.loss(p1, data)
     _, cache1 = cell._kept[1]
-    hs = cache1["layers"][0]["hs"].copy()
+    hs = cache1["layers"][0]["states"].copy()
     GRU(GRUConfig(hidden_size=6)).loss_and_gradient(p2, data)   # another cell, same thread
-    assert np.array_equal(cache1["layers"][0]["hs"], hs)
+    assert np.array_equal(cache1["layers"][0]["states"], hs)
     assert cell.loss(p1, data) == loss1
 
 
@@ -106,7 +106,7 @@ def test_reuse_is_what_the_context_says(enabled):
     with workspace.reusing_arrays(enabled):
         _, c1 = cell.forward(p1, data)
         _, c2 = cell.forward(p1, data)
-    assert np.shares_memory(c1["layers"][0]["hs"], c2["layers"][0]["hs"]) == enabled
+    assert np.shares_memory(c1["layers"][0]["states"], c2["layers"][0]["states"]) == enabled
 
 
 def test_small_arrays_are_allocated_afresh(monkeypatch):
