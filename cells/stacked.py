@@ -14,6 +14,10 @@ written once, here:
     readout="mean": p_b = sum_t m_tb h_tb / max(1, sum_t m_tb)
                     L = (1/B) sum_b CE(softmax(p_b V + c), y_b)
 
+- one layer over all steps, ``_layer_forward``: x W + b of every step in one
+  product per block (gates, candidate), then the subclass's ``_layer_step``
+  writing into the layer's (T, ...) arrays (with or without a leading probe
+  axis; used by ``forward`` and ``losses`` alike);
 - the BPTT driver: ``loss``, ``loss_and_gradient``, ``gradient``,
   ``gradient_details`` and the truncation window (``_window_start``);
 - ``losses``: the losses of many parameter sets in one vectorised forward
@@ -25,9 +29,9 @@ A subclass sets ``config`` (with the fields of :data:`SIZE_FIELDS`, ``gate``,
 ``readout``, ``embedding``, ``truncate``, ``truncation``) and ``truncation``,
 and provides ``param_specs()``, ``forward(params, batch)`` -> ``(loss, cache)``
 with ``cache["top"]`` the top layer's h_t (T, B, H) and ``cache["readout"]``
-from ``_readout``, ``_layer_forward(l, params, x, mask, keep_steps)`` (one
-layer over all steps, with or without a leading probe axis, used by
-``forward`` and ``losses`` alike), and ``_backward_layers(params, cache, dtop, t_lo, t_hi,
+from ``_readout``, the step ``_layer_step(l, params, state, xp_t, m_t, out, blocks)``
+with what the layer loop needs to call it (``_gate_columns``, ``_state_width``,
+``_step_arrays``, ``_recurrent_blocks``), and ``_backward_layers(params, cache, dtop, t_lo, t_hi,
 grads, batch, record)``, the hand BPTT of every layer over steps t_hi down to
 t_lo.  ``_outer`` and ``_window_start`` are methods, so that deliberately
 broken variants can override them.
