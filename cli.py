@@ -419,9 +419,10 @@ def _run_report(args) -> int:
 
 def _first_sentence(text) -> str:
     """The first sentence of a docstring, on one line (a period ends a sentence after a
-    letter or a closing bracket, so ``t - k .. t`` and ``3.5`` do not)."""
+    letter, a digit or a closing bracket and before a space, so ``t - k .. t`` and
+    ``3.5`` do not)."""
     flat = " ".join(text.split())
-    return re.split(r"(?<=[A-Za-z)\]])\.(?:\s|$)", flat)[0].rstrip(".") + "."
+    return re.split(r"(?<=[A-Za-z0-9)\]])\.(?:\s|$)", flat)[0].rstrip(".") + "."
 
 
 def _run_list(args) -> int:

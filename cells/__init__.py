@@ -66,6 +66,7 @@ CELLS = {
         config_class=LSTMConfig,
         numpy_class=LSTM,
         symbolic_path="cells.lstm_symbolic:SymbolicLSTM",
+        broken_path="cells.zoo.lstm_bugs:BROKEN_LSTMS",
     ),
 }
 

@@ -182,7 +182,7 @@ class LSTM(StackedCell):
         dc_new = dc if mt is None else mt * dc
         # h'_t = o * tanh(c'_t)
         np.multiply(dh_new, tc, out=da_o)                       # do
-        d = tanh_grad_from_output(tc)                           # dc' = dc + dh' o (1 - tanh^2 c')
+        d = self._cell_tanh_slope(tc)                           # dc' = dc + dh' o (1 - tanh^2 c')
         d *= o
         d *= dh_new
         dc_new = add_into(d, dc_new)
@@ -195,12 +195,24 @@ class LSTM(StackedCell):
         # i, f, o = g(a_i), g(a_f), g(a_o)
         da[:, :3 * H] *= self.gate_grad(a_ifo, ifo)
         ds_prev = np.empty(ds.shape)                            # (B, 2H)
-        np.multiply(dc_new, f, out=ds_prev[:, H:])              # dc_{t-1} = dc' f
+        ds_prev[:, H:] = self._cell_carry(dc_new, f)            # dc_{t-1} = dc' f
         # a = x W + h_{t-1} U + b:  dh_{t-1} = da U^T
         np.matmul(da, U.T, out=ds_prev[:, :H])
         if mt is not None:
             ds_prev += (1.0 - mt) * ds
         return ds_prev, da                                      # (B, 2H), (B, 4H)
+
+    @staticmethod
+    def _cell_tanh_slope(tc):
+        """d tanh(c') / dc' = 1 - tanh(c')^2, from tc = tanh(c') (a method, so that a broken
+        variant can take it from c' itself)."""
+        return tanh_grad_from_output(tc)
+
+    @staticmethod
+    def _cell_carry(dc_new, f):
+        """dL/dc_{t-1} through c'_t = f * c_{t-1} + i * u: dc' * f (a method, so that a broken
+        variant can leave the forget gate out)."""
+        return dc_new * f
 
     def _recurrent_grads(self, l, cache, dxp, steps, grads):
         """Add the gradient of U from dL/dxp_t of ``steps`` (a range), at once.

@@ -198,3 +198,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"gradcheck {__version__}"
+
+
+def test_list_shows_the_lstm_zoo(capsys):
+    code, out, _ = run(capsys, "list")
+    lstm = out[out.index("\nlstm"):]
+    assert "--bug cell-carry-without-forget" in lstm
+    line = next(ln for ln in lstm.splitlines() if "--bug off-by-one-window" in ln)
+    assert line.endswith("instead of k + 1 (max(0, t - k) .. t)."), line

@@ -13,6 +13,8 @@ from cells import CELLS, get_cell
 from cells import lstm_symbolic
 from cells.lstm import LSTM, LSTMConfig
 from cells.lstm_symbolic import SymbolicLSTM
+from cells.zoo.lstm_bugs import (BROKEN_LSTMS, CellStateWrongIndexLSTM,
+                                 ForgetGateMissingDerivativeLSTM, OffByOneWindowLSTM)
 from gradcheck import Batch, check_builtin, check_gradients
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
 
@@ -49,43 +51,6 @@ def truncated(config, kind, k):
 
 def max_difference(grads, ref_grads):
     return max(float(np.abs(grads[name] - g).max()) for name, g in ref_grads.items())
-
-
-# -------------------------------------------------------- deliberately broken
-class ForgetGateMissingDerivativeLSTM(LSTM):
-    """Wrong gate derivative: the forget-gate delta lacks sigma'(a_f).
-
-    Correct: da_f = df * sigma'(a_f).  Broken: da_f = df.
-    """
-
-    def __init__(self, config=None, **kwargs):
-        super().__init__(config, **kwargs)
-        H, true_grad = self.config.hidden_size, self.gate_grad
-
-        def gate_grad(a, g):             # a, g: (B, 3H) blocks i | f | o
-            d = true_grad(a, g)
-            d[..., H:2 * H] = 1.0        # the bug: the forget gate's slope is dropped
-            return d
-        self.gate_grad = gate_grad
-
-
-class CellStateWrongIndexLSTM(LSTM):
-    """Wrong time index: the backward pass of step t reads c_t where c_{t-1} belongs
-    (``df = dc * c[t]`` with ``c`` holding c_t at index t), h_{t-1} is read right."""
-
-    @staticmethod
-    def _previous_state(ss, t):
-        H = ss.shape[2] // 2
-        return np.concatenate([ss[t][:, :H], ss[t + 1][:, H:]], axis=1)   # the bug: c_t
-
-
-class OffByOneWindowLSTM(LSTM):
-    """Wrong truncation window: BPTT(k) reaching back over k steps instead of k + 1."""
-
-    def _window_start(self, t, steps):
-        if self.truncation.kind != "window":
-            return super()._window_start(t, steps)
-        return max(0, t - self.truncation.k + 1)     # the bug: one step short
 
 
 # ------------------------------------------------------------ configuration
@@ -501,3 +466,39 @@ def test_a_step_that_makes_its_own_arrays_gives_the_same_gradient(fields):
     assert got[0] == want[0]
     for k in want[1]:
         assert np.array_equal(got[1][k], want[1][k]), k
+
+
+# ------------------------------------------------------- the LSTM zoo, from the CLI
+@pytest.mark.parametrize("bug, entry_blocks, last_step_right", [
+    ("forget-gate-derivative", {"f"}, False),
+    ("cell-state-wrong-index", {"f"}, False),
+    ("cell-tanh-slope", {"i", "f", "c"}, False),
+    ("cell-carry-without-forget", {"i", "f", "c"}, True),
+])
+def test_each_lstm_bug_is_caught_and_localised_to_its_gates(bug, entry_blocks, last_step_right):
+    # the CLI's defaults: T = 5, B = 3, seed 0, all three oracles
+    r = check_builtin("lstm", bug=bug)
+    assert not r.passed and r.odd_one_out() == "analytic", r.summary()
+    t, layer, rows = r.localisation.entry()
+    assert layer == 0 and {b for _, b in rows} == entry_blocks
+    # the carried cell-state adjoint is wrong from T - 2 down, not at the last step
+    assert (t == STEPS - 2) == last_step_right and (t == STEPS - 1) != last_step_right
+
+
+def test_the_lstm_window_bug_needs_a_short_window():
+    with pytest.raises(ValueError, match="use window truncation with fewer steps"):
+        check_builtin("lstm", bug="off-by-one-window")
+    r = check_builtin("lstm", bug="off-by-one-window", steps=6, truncate=2,
+                      oracles="analytic,numeric")
+    assert not r.passed and any("matches window k=1 instead of window k=2" in n
+                                for n in r.notes), r.summary()
+
+
+def test_every_lstm_bug_changes_the_gradient_and_the_list_names_it():
+    config = LSTMConfig(truncate=2, truncation="window")
+    ref, params, batch = make_case(config, seed=5, steps=6)
+    true = ref.gradient(params, batch)
+    for name, cls in BROKEN_LSTMS.items():
+        wrong = cls(config).gradient(params, batch)
+        assert any(not np.allclose(wrong[k], true[k]) for k in true), name
+    assert set(CELLS["lstm"].broken()) == set(BROKEN_LSTMS)

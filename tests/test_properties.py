@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from cells import backend
 from cells.zoo.gru_bugs import BROKEN_GRUS
+from cells.zoo.lstm_bugs import BROKEN_LSTMS
 from cells.gru import GRU
 from gradcheck import check_gradients, resolve_tolerance
 from gradcheck import strategies as gst
@@ -73,14 +74,20 @@ def test_masked_steps_contribute_exactly_zero(case, data):
 @settings(max_examples=150)
 @given(cases(truncation="draw"), st.sampled_from(sorted(BROKEN_GRUS)))
 def test_a_broken_cell_never_passes(case, bug):
-    cell, params, batch, seed = case
-    broken = BROKEN_GRUS[bug](cell.config)
+    result = check_broken(BROKEN_GRUS[bug], *case)
+    assert count_broken(result), f"{bug} passed: {result.summary()}"
+
+
+def check_broken(broken_class, cell, params, batch, seed, **options):
+    """The analytic-against-numeric check of ``broken_class`` on the case, where its bug
+    changes the gradient: elsewhere no check can (or should) see it (hypothesis ``assume``;
+    off-by-one-window without truncation, a one-step sequence, ...)."""
+    broken = broken_class(cell.config)
     wrong, true = broken.gradient(params, batch), cell.gradient(params, batch)
     tol = resolve_tolerance(np.float64)
-    # where the bug does not change the gradient, no check can (or should) see it
     assume(any(not agree(wrong[n], true[n], tol).all() for n in params))
-    result = check_gradients(broken, params, batch, oracles="analytic,numeric", seed=seed)
-    assert count_broken(result), f"{bug} passed: {result.summary()}"
+    return check_gradients(broken, params, batch, oracles="analytic,numeric", seed=seed,
+                           **options)
 
 
 @settings(max_examples=150)
@@ -124,16 +131,17 @@ def test_lstm_three_oracles_agree_on_random_configs(case):
     assert count_correct(result), result.summary()
 
 
+@settings(max_examples=60)
+@given(lstm_cases(), st.sampled_from(sorted(BROKEN_LSTMS)))
+def test_a_broken_lstm_never_passes(case, bug):
+    result = check_broken(BROKEN_LSTMS[bug], *case)
+    assert count_broken(result), f"{bug} passed: {result.summary()}"
+
+
 @settings(max_examples=100)
 @given(cases(truncation="draw"), st.sampled_from(sorted(BROKEN_GRUS)))
 def test_a_broken_cell_never_passes_fast_mode(case, bug):
-    cell, params, batch, seed = case
-    broken = BROKEN_GRUS[bug](cell.config)
-    wrong, true = broken.gradient(params, batch), cell.gradient(params, batch)
-    tol = resolve_tolerance(np.float64)
-    assume(any(not agree(wrong[n], true[n], tol).all() for n in params))
-    result = check_gradients(broken, params, batch, oracles="analytic,numeric", seed=seed,
-                             mode="fast", localise=False)
+    result = check_broken(BROKEN_GRUS[bug], *case, mode="fast", localise=False)
     assert count_broken(result), f"{bug} passed fast mode: {result.summary()}"
 
 

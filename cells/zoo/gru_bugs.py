@@ -22,6 +22,7 @@ import numpy as np
 
 from cells.activations import hard_sigmoid_grad
 from cells.gru import GRU
+from cells.zoo.truncation_bugs import OffByOneWindow
 
 __all__ = ["BROKEN_GRUS", "SEED_BLOG_BUGS", "ResetGateMissingDerivativeGRU",
            "WrappedTimeIndexGRU", "ElementwiseProductGRU", "OffByOneWindowGRU",
@@ -88,25 +89,8 @@ class ElementwiseProductGRU(GRU):
                               axis=1)
 
 
-class OffByOneWindowGRU(GRU):
-    """Wrong truncation window: BPTT(k) written as ``range(t - k + 1, t + 1)``, so the
-    loss at step t reaches back over k steps instead of k + 1 (max(0, t - k) .. t).
-
-    Wrong parameters: every recurrent parameter, when truncate=k < T, truncation=window.
-    """
-
-    def dormant(self, batch):
-        T = batch.mask.shape[0]
-        if self.truncation.kind != "window" or self.truncation.k >= T:
-            return ("it shortens truncation windows that start after step 0: use window "
-                    f"truncation with fewer steps than the sequence (--truncate K with K < {T})")
-        return None
-
-    def _window_start(self, t, steps):
-        if self.truncation.kind != "window":
-            return super()._window_start(t, steps)
-        return max(0, t - self.truncation.k + 1)     # the bug: one step short
-
+class OffByOneWindowGRU(OffByOneWindow, GRU):
+    __doc__ = OffByOneWindow.__doc__
 
 class MaskIgnoredInBackwardGRU(GRU):
     """Mask forgotten in the backward pass: every step is back-propagated as if
