@@ -67,8 +67,8 @@ def _validate_options(config):
                 raise pytest.UsageError(f"--gradcheck-{reason}") from None
             raise pytest.UsageError(f"--gradcheck-{name}={value!r}: {reason}") from None
     seed = config.getoption("--gradcheck-seed")
-    if seed is not None and seed < 0:
-        raise pytest.UsageError(f"--gradcheck-seed={seed} must be a non-negative integer")
+    if seed is not None and not 0 <= seed < 2 ** 63:
+        raise pytest.UsageError(f"--gradcheck-seed={seed} must be between 0 and 2**63 - 1")
 
 
 def _marker_options(node) -> dict:
