@@ -352,8 +352,8 @@ def _run_compare(args) -> int:
     import numpy as np
 
     from gradcheck.conformance import compare_to_reference
-    from gradcheck.loader import UserCodeError
     from gradcheck.masks import make_mask
+    from gradcheck.user_cells import UserCodeError, user_code
     from gradcheck.theano_layer import TheanoLayer, find_layer, load_layer_file
 
     path, sep, name = args.target.rpartition(":")
@@ -364,20 +364,22 @@ def _run_compare(args) -> int:
     prefix = stem
     model = TheanoLayer(layer, init, prefix, args.hidden, 2)
     try:
-        params = model.init_params()
+        with user_code(f"{init.__name__}(...)"):           # an exit is a UserCodeError too
+            params = model.init_params()
+    except UserCodeError:
+        raise
     except Exception as exc:
         raise UserCodeError(f"{init.__name__}(...) raised {type(exc).__name__}: {exc}") from None
     layer_params = {k: v for k, v in params.items() if k not in ("U", "b")}
     mask = make_mask(args.mask, np.random.default_rng(args.seed + 1), args.steps, args.batch)
     fixed = {k: getattr(args, k) for k in ("reset", "update", "gate") if getattr(args, k)}
     try:
-        result, config = compare_to_reference(
-            lambda x, m: model.states(params, x, m), layer_params, hidden=args.hidden,
-            steps=args.steps, batch=args.batch, seed=args.seed, mask=mask, prefix=prefix,
-            conventions=fixed)
-    except UserCodeError:
-        raise
-    except ValueError:
+        with user_code(f"running {name}"):
+            result, config = compare_to_reference(
+                lambda x, m: model.states(params, x, m), layer_params, hidden=args.hidden,
+                steps=args.steps, batch=args.batch, seed=args.seed, mask=mask, prefix=prefix,
+                conventions=fixed)
+    except ValueError:                                  # UserCodeError included
         raise
     except Exception as exc:
         raise UserCodeError(f"running {name} raised {type(exc).__name__}: {exc}") from None

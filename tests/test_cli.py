@@ -206,3 +206,16 @@ def test_list_shows_the_lstm_zoo(capsys):
     assert "--bug cell-carry-without-forget" in lstm
     line = next(ln for ln in lstm.splitlines() if "--bug off-by-one-window" in ln)
     assert line.endswith("instead of k + 1 (max(0, t - k) .. t)."), line
+
+
+@pytest.mark.parametrize("where", ["param_init_gru", "gru_layer"])
+def test_compare_turns_an_exit_in_the_layer_file_into_exit_2(capsys, tmp_path, where):
+    body = {"param_init_gru": "    return params", "gru_layer": "    return state_below"}
+    body[where] = "    import sys; sys.exit(0)"
+    path = tmp_path / "exiting.py"
+    path.write_text("def param_init_gru(options, params, prefix='gru'):\n"
+                    f"{body['param_init_gru']}\n\n"
+                    "def gru_layer(tparams, state_below, options, prefix='gru', mask=None):\n"
+                    f"{body['gru_layer']}\n")
+    code, out, err = run(capsys, "compare", f"{path}:gru_layer")
+    assert code == EXIT_USAGE and "SystemExit(0) at exiting.py" in err, err
