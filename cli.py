@@ -137,8 +137,10 @@ def make_parser() -> argparse.ArgumentParser:
     check.add_argument("cell", help="a built-in cell (see 'gradcheck list') or path/to/file.py:NAME, "
                                     "a cell of your own (see the README)")
     sizes = check.add_argument_group("sizes")
-    sizes.add_argument("--steps", type=_positive_int, default=5, metavar="T", help="sequence length (default 5)")
-    sizes.add_argument("--batch", type=_positive_int, default=3, metavar="B", help="batch size (default 3)")
+    sizes.add_argument("--steps", type=_positive_int, default=None, metavar="T",
+                       help="sequence length (default 5)")
+    sizes.add_argument("--batch", type=_positive_int, default=None, metavar="B",
+                       help="batch size (default 3)")
     sizes.add_argument("--input", type=_positive_int, default=None, metavar="D", help="input or embedding width (default 4)")
     sizes.add_argument("--hidden", type=_positive_int, default=None, metavar="H", help="hidden units per layer (default 5)")
     sizes.add_argument("--layers", type=_positive_int, default=None, metavar="L", help="stacked layers (default 1)")
@@ -270,13 +272,18 @@ def _checking(args) -> dict:
         else sample)
 
 
+def _sizes(args) -> dict:
+    """``steps`` and ``batch``: as given, or the defaults T = 5, B = 3."""
+    return {"steps": args.steps or 5, "batch": args.batch or 3}
+
+
 def _given(args, names):
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _check_file_target(args, checking):
     from gradcheck.check import ORACLES, check_gradients
-    from gradcheck.loader import case_from_target, load_target
+    from gradcheck.loader import case_from_target, load_target, sizes_taken
     from gradcheck.runner import checking_options
 
     given = _given(args, list(CONFIG_OPTIONS) + list(BUILTIN_ONLY))
@@ -285,16 +292,23 @@ def _check_file_target(args, checking):
         raise ValueError(f"{option} applies to built-in cells only; a file's cell sets its own "
                          "configuration")
     name = args.cell.rpartition(":")[2]
-    case = case_from_target(load_target(args.cell), name=name, steps=args.steps,
-                            batch=args.batch, seed=args.seed)
+    target = load_target(args.cell)
+    taken = sizes_taken(target)
+    for size in ("steps", "batch"):
+        if getattr(args, size) is not None and size not in taken:
+            raise ValueError(f"{name} is not built with a {size} argument: --{size} would have "
+                             "no effect on it")
+    sizes = _sizes(args)
+    case = case_from_target(target, name=name, **sizes, seed=args.seed)
     asked = checking["oracles"]
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
                              **{**checking, "oracles": asked or case.oracles},
                              seed=case.seed if case.seed is not None else args.seed,
                              cell_info={"target": args.cell, **case.info})
     result.command = shlex.join(
-        ["gradcheck", "check", args.cell, "--steps", str(args.steps), "--batch", str(args.batch),
-         "--seed", str(args.seed)]
+        ["gradcheck", "check", args.cell]
+        + [arg for size in taken for arg in (f"--{size}", str(sizes[size]))]
+        + ["--seed", str(args.seed)]
         + checking_options(**{**checking, "oracles": asked or ORACLES}, embedding=True))
     return result
 
@@ -318,7 +332,7 @@ def _checked(args, checking):
     if args.embedding_sample is not None and not config.get("embedding"):
         raise ValueError("--embedding-sample applies to cells with --embedding only")
     return check_builtin(
-        args.cell, steps=args.steps, batch=args.batch, seed=args.seed,
+        args.cell, **_sizes(args), seed=args.seed,
         mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",
         **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from gradcheck.user_cells import Case, UserCodeError, guard_case, model_cell, user_code
 
 __all__ = ["UserCodeError", "exec_file", "is_file_target", "load_target", "case_from_target",
-           "layer_case", "user_code", "user_output_to_stderr"]
+           "layer_case", "sizes_taken", "user_code", "user_output_to_stderr"]
 
 MODEL_METHODS = ("forward_propagation", "bptt")
 
@@ -166,6 +166,23 @@ def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Ca
     there is a one-line UserCodeError too.
     """
     return guard_case(_case_of(obj, name=name, steps=steps, batch=batch, seed=seed))
+
+
+def sizes_taken(obj) -> tuple[str, ...]:
+    """Which of the sizes ``steps`` and ``batch`` the target ``obj`` is built with: a Case
+    none, a blog-style model its steps, a Theano layer both, a make_case-style
+    function those its signature names."""
+    if isinstance(obj, Case):
+        return ()
+    if _is_model(obj):
+        return ("steps",)
+    from gradcheck.theano_layer import is_layer_function
+    if is_layer_function(obj):
+        return ("steps", "batch")
+    if inspect.isfunction(obj):
+        params = inspect.signature(obj).parameters
+        return tuple(k for k in ("steps", "batch") if k in params)
+    return ()
 
 
 def _case_of(obj, *, name: str, steps: int, batch: int, seed: int) -> Case:

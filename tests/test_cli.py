@@ -219,3 +219,34 @@ def test_compare_turns_an_exit_in_the_layer_file_into_exit_2(capsys, tmp_path, w
                     f"{body['gru_layer']}\n")
     code, out, err = run(capsys, "compare", f"{path}:gru_layer")
     assert code == EXIT_USAGE and "SystemExit(0) at exiting.py" in err, err
+
+
+def test_a_size_the_file_target_is_not_built_with_is_refused(capsys, tmp_path):
+    # the blog model is built with a sequence length, not a batch size
+    code, _, err = run(capsys, "check", "examples/blog_gru.py:BlogGRU", "--batch", "7")
+    assert code == EXIT_USAGE and "BlogGRU is not built with a batch argument" in err
+    code, out, _ = run(capsys, "check", "examples/blog_gru.py:BlogGRU", "--steps", "7",
+                       "--json", "--oracles", "analytic,numeric")
+    command = json.loads(out)["command"].split()
+    assert code == EXIT_PASS and command[command.index("--steps") + 1] == "7"
+    assert "--batch" not in command
+
+
+def test_a_make_case_is_given_the_sizes_its_signature_names(capsys, tmp_path):
+    path = tmp_path / "cell.py"
+    path.write_text(
+        "import numpy as np\n"
+        "from gradcheck import Batch, Case, function_cell\n\n"
+        "def make_case(seed, steps):\n"
+        "    rng = np.random.default_rng(seed)\n"
+        "    params = {'w': rng.normal(size=steps)}\n"
+        "    cell = function_cell(loss=lambda p, b: float(np.sum(np.sin(p['w']))),\n"
+        "                         gradient=lambda p, b: {'w': np.cos(p['w'])}, params=params)\n"
+        "    return Case(cell, params, Batch(np.zeros((steps, 1, 1)), np.zeros((steps, 1), int),\n"
+        "                                    np.ones((steps, 1))))\n")
+    code, out, _ = run(capsys, "check", f"{path}:make_case", "--steps", "4", "--json")
+    doc = json.loads(out)
+    assert code == EXIT_PASS and doc["comparisons"][0]["shape"] == [4]
+    assert "--steps 4" in doc["command"] and "--batch" not in doc["command"]
+    code, _, err = run(capsys, "check", f"{path}:make_case", "--batch", "2")
+    assert code == EXIT_USAGE and "make_case is not built with a batch argument" in err
