@@ -274,8 +274,9 @@ def _probe_pool(workers: int):
     With several workers the BLAS pool is held to one thread meanwhile (the
     products of a pass are small; its threads and ours would oversubscribe the
     cores).  Each item writes its own slice of the results, so the numbers do
-    not depend on the order the passes finish in.  An exception (Ctrl-C too)
-    cancels the passes not yet started and reaches the caller.
+    not depend on the order the passes finish in.  An exception cancels the
+    passes not yet started and reaches the caller once the running ones end;
+    Ctrl-C reaches it at once.
     """
     try:
         from threadpoolctl import threadpool_limits
@@ -286,11 +287,17 @@ def _probe_pool(workers: int):
         return
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradcheck-probes")
+    interrupted = False
     try:
         with threadpool_limits(limits=1, user_api="blas"):
             yield lambda fn, items: list(pool.map(fn, items))
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Ctrl-C: back to the caller at once, not after the passes already running (a
+        # pass of a large cell takes seconds); what they write is dropped with them
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
 
 
 def _has_losses(cell) -> bool:

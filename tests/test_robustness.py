@@ -215,3 +215,38 @@ def test_hard_gates_sitting_on_a_kink_are_no_false_alarm(side, kink):
     # and it is the kink detection that keeps it from failing
     b0 = next(c for c in result.comparisons if c.parameter == "b0")
     assert b0.kinks == 1 and b0.max_abs_error > 1e-4
+
+
+def test_ctrl_c_during_the_threaded_passes_returns_without_waiting_for_them():
+    # every pass on a worker thread blocks until released; Ctrl-C (a real SIGINT)
+    # arrives meanwhile
+    import os
+    import signal
+    import threading
+    import time
+
+    from gradcheck.finite_differences import batched_central_differences
+
+    cell, params, batch = case()
+    release, started = threading.Event(), threading.Event()
+    original = cell.losses
+
+    def slow_losses(stack, data):
+        if threading.current_thread() is not threading.main_thread():
+            started.set()
+            release.wait(30)
+        return original(stack, data)
+
+    cell.losses = slow_losses
+    timer = threading.Timer(0.2, lambda: started.wait(30) and os.kill(os.getpid(),
+                                                                       signal.SIGINT))
+    timer.start()
+    begin = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            batched_central_differences(cell, params, batch, chunk=2, workers=2)
+        waited = time.perf_counter() - begin
+    finally:
+        release.set()
+        timer.join()
+    assert waited < 10, waited          # the blocked passes would hold it 30 s
