@@ -1,6 +1,6 @@
 """Time gradcheck against torch on GRUs of the same size, in one run.
 
-Sections (``--sections a,b,c,d,e``):
+Sections (``--sections a,b,c,d,e,f``):
 
 a. exact gradient check at ~4,800 parameters (torch.nn.GRU(16, 32), T=20, B=8,
    a 2-class readout) against ``torch.autograd.gradcheck`` (exact mode);
@@ -8,7 +8,8 @@ b. fast mode (random directions) against ``gradcheck(fast_mode=True)``;
 c. NumPy forward + backward against torch GRU forward + backward at
    (T, B, D, H) = (20, 8, 16, 32) and (50, 32, 128, 256);
 d. the symbolic (PyTensor) oracle, cold (a new process) and warm;
-e. how the exact check's time grows with T, H and the parameter count.
+e. how the exact check's time grows with T, H and the parameter count;
+f. the LSTM's forward + backward against torch.nn.LSTM at the sizes of (c).
 
 Torch sections run only when ``import torch`` works.  Every time is a median
 over ``--repeats`` runs after one untimed warm-up call (the exact torch
@@ -34,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cells.gru import GRU, GRUConfig  # noqa: E402
+from cells.lstm import LSTM, LSTMConfig  # noqa: E402
 from gradcheck.check import check_gradients  # noqa: E402
 from gradcheck.compare import compare_gradients  # noqa: E402
 from gradcheck.directional import directional_check  # noqa: E402
@@ -336,6 +338,59 @@ def section_c(args, out):
         print("\n".join("  " + line for line in lines if line.strip().startswith("fwd")))
 
 
+def lstm_cases(steps, batch, input_size, hidden_size, seed=0):
+    """The project's LSTM and an nn.LSTM holding the same weights, on the same data.
+
+    torch's gate blocks are i | f | g | o, the project's i | f | o | c (g = c, the
+    candidate); torch keeps b_ih and b_hh, the project their sum b.  Returns
+    ``(cell, params, batch, fwd_bwd, fwd, difference)``: torch's two passes as a
+    torch user writes them, and |L_torch - L_gradcheck| at those weights.
+    """
+    from gradcheck.batch import Batch
+    H = hidden_size
+    torch.manual_seed(seed)
+    lstm = torch.nn.LSTM(input_size, H).double()
+    V = torch.randn(H, CLASSES, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(CLASSES, dtype=torch.float64, requires_grad=True)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.normal(size=(steps, batch, input_size)))
+    y = torch.from_numpy(rng.integers(0, CLASSES, size=(steps, batch)))
+    params = list(lstm.parameters()) + [V, c]
+
+    def loss():
+        out, _ = lstm(x)
+        ce = torch.nn.functional.cross_entropy((out @ V + c).reshape(-1, CLASSES),
+                                               y.reshape(-1), reduction="sum")
+        return ce / batch
+
+    w_ih, w_hh, b_ih, b_hh = [t.detach().numpy() for t in lstm.parameters()]
+    order = np.concatenate([np.arange(0, 2 * H), np.arange(3 * H, 4 * H),
+                            np.arange(2 * H, 3 * H)])       # i f g o -> i f o g
+    cell = LSTM(LSTMConfig(input_size=input_size, hidden_size=H, classes=CLASSES))
+    ours = {"W0": w_ih[order].T.copy(), "U0": w_hh[order].T.copy(), "b0": (b_ih + b_hh)[order],
+            "V": V.detach().numpy(), "c": c.detach().numpy()}
+    data = Batch(x.numpy(), y.numpy(), np.ones((steps, batch)))
+    with torch.no_grad():
+        difference = abs(float(loss()) - cell.loss(ours, data))
+    return (cell, ours, data, lambda: torch.autograd.grad(loss(), params), loss, difference)
+
+
+def section_f(args, out):
+    print("\n(f) LSTM forward + backward (NumPy hand BPTT against torch.nn.LSTM)")
+    if torch is None:
+        print("  torch is not installed: skipped")
+        return
+    res = []
+    for size in (SMALL, BIG):
+        label = "T={steps} B={batch} D={input_size} H={hidden_size}".format(**size)
+        cell, params, batch, fwd_bwd, fwd, diff = lstm_cases(**size)
+        print(f"  {label}: same function as torch, |loss difference| = {diff:.1e}")
+        ours = median_time(lambda: cell.loss_and_gradient(params, batch), args.repeats)
+        theirs = median_time(fwd_bwd, args.repeats)
+        res.append(row(f"LSTM fwd+bwd {label}", ours, theirs))
+    out["f"] = res
+
+
 SYMBOLIC_SNIPPET = """
 import time, sys
 start = time.perf_counter()
@@ -391,12 +446,14 @@ def section_e(args, out):
     out["e"] = res
 
 
-SECTIONS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e}
+SECTIONS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e,
+            "f": section_f}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    p.add_argument("--sections", default="a,b,c,d,e,f",
+                   help="comma-separated subset of a,b,c,d,e,f")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
     p.add_argument("--torch-exact-repeats", type=int, default=1,
                    help="timed runs of torch's exact gradcheck (minutes each)")
