@@ -11,6 +11,7 @@ import numpy as np
 from gradcheck.check import ORACLES, CheckResult, check_gradients, parse_oracles
 from gradcheck.masks import MASKS, make_mask
 from gradcheck.sparse_rows import EMBEDDING_SAMPLE
+from gradcheck.tolerance import agree, resolve_tolerance
 
 __all__ = ["check_builtin", "reproduce_command", "checking_options"]
 
@@ -56,16 +57,34 @@ def _refuse_if_too_large(cell_class, config, steps, batch) -> None:
             f"{2 * budget / 2**30:.1f} GiB: choose smaller sizes")
 
 
-def _refuse_dormant_bug(bug, cell, batch, oracles) -> None:
-    """ValueError when the broken cell's bug cannot show in this check: the analytic
-    oracle is left out, or the configuration or data never exercise it (``dormant``)."""
+def _refuse_dormant_bug(bug, entry, cfg, params, batch, oracles, atol, rtol) -> None:
+    """ValueError when the broken cell's bug cannot show in this check.
+
+    Three ways: the analytic oracle is left out; the configuration or data never
+    exercise the bug (the broken cell's ``dormant``, which names the options that
+    would); or, on this draw, the bug leaves the gradient within the tolerance of the
+    reference cell's, and the loss too after a gradient (a one-step sequence, a tail
+    window over masked steps, a hard gate that never saturates, ...).  Fresh
+    instances are compared, so that a cell with a forward cache starts clean.
+    """
     if "analytic" not in oracles:
         raise ValueError(f"bug {bug!r} is in the hand-written (analytic) gradient: include the "
                          f"analytic oracle (oracles are {', '.join(oracles)})")
-    dormant = getattr(cell, "dormant", None)
+    broken, reference = entry.make(cfg, bug), entry.make(cfg)
+    dormant = getattr(broken, "dormant", None)
     reason = dormant(batch) if dormant is not None else None
     if reason:
         raise ValueError(f"bug {bug!r} cannot change the gradient in this check: {reason}")
+    wrong, true = broken.gradient(params, batch), reference.gradient(params, batch)
+    same_loss = broken.loss(params, batch) == reference.loss(params, batch)
+    if same_loss and all(agree(wrong[name], true[name],
+                               resolve_tolerance(np.asarray(value).dtype, atol, rtol)).all()
+                         for name, value in params.items()):
+        raise ValueError(
+            f"bug {bug!r} does not change the gradient on this draw: every element agrees "
+            "with the reference cell's within the tolerance, so no check could see it; try "
+            "more steps, another --seed, or the options its description names "
+            "('gradcheck list')")
 
 
 def checking_options(*, oracles, atol=None, rtol=None, mode="exact", numeric_method="batched",
@@ -159,7 +178,7 @@ def check_builtin(name: str = "gru", *, steps: int = 5, batch: int = 3, seed: in
     params = cell.init_params(rng)
     data = cell.sample_batch(rng, steps, batch, make_mask(mask, rng, steps, batch))
     if bug is not None:
-        _refuse_dormant_bug(bug, cell, data, oracles)
+        _refuse_dormant_bug(bug, entry, cfg, params, data, oracles, atol, rtol)
     symbolic = entry.make_symbolic(cfg, backend) if "autodiff" in oracles else None
     info = {"name": name, **cfg.as_dict(), "steps": steps, "batch": batch, "mask": mask}
     if bug is not None:
