@@ -127,9 +127,7 @@ def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE,
         steps = element_steps(flat, scale)
         value = np.full(flat.size, np.nan)
         kinks = np.zeros(flat.size, dtype=bool)
-        chosen = (elements or {}).get(name)
-        indices = range(flat.size) if chosen is None else np.flatnonzero(chosen)
-        for i in indices:
+        for i in _selected(elements, name, flat.size):
             old, h = flat[i], steps[i]
             flat[i] = old + h
             f_plus = float(loss(work))

@@ -30,7 +30,7 @@ from pathlib import Path
 from gradcheck.user_cells import Case, UserCodeError, guard_case, model_cell, user_code
 
 __all__ = ["UserCodeError", "exec_file", "is_file_target", "load_target", "case_from_target",
-           "layer_case", "sizes_taken", "user_code", "user_output_to_stderr"]
+           "layer_case", "sizes_taken", "user_code", "calling_user_code", "user_output_to_stderr"]
 
 MODEL_METHODS = ("forward_propagation", "bptt")
 
@@ -50,7 +50,7 @@ def user_output_to_stderr(active: bool = True):
 
 
 @contextlib.contextmanager
-def _calling(what: str):
+def calling_user_code(what: str):
     """Run user code while loading: an exception, or an exit, is a one-line UserCodeError."""
     try:
         with user_code(what):
@@ -141,7 +141,7 @@ def _instantiate(cls, name: str):
             f"instance, e.g. model = {name}(...), and point at it") from None
     except ValueError:
         pass                                # no signature to read: just try
-    with _calling(f"{name}()"):
+    with calling_user_code(f"{name}()"):
         return cls()
 
 
@@ -152,7 +152,7 @@ def _call_make_case(fn, name: str, *, steps: int, batch: int, seed: int) -> Case
         raise UserCodeError(f"{name} must take a seed argument: def {name}(seed): ...")
     kwargs = {k: v for k, v in (("seed", seed), ("steps", steps), ("batch", batch))
               if k in params}
-    with _calling(f"{name}(...)"):
+    with calling_user_code(f"{name}(...)"):
         case = fn(**kwargs)
     if not isinstance(case, Case):
         raise UserCodeError(f"{name}(...) returned {type(case).__name__}, not gradcheck.Case")
@@ -224,7 +224,7 @@ def layer_case(layer_fn, *, name: str, steps: int, batch: int, seed: int, dim: i
     prefix = inspect.signature(layer).parameters.get("prefix")
     prefix = prefix.default if prefix is not None and isinstance(prefix.default, str) else stem
     model = TheanoLayer(layer, init, prefix, dim, classes, backend)
-    with _calling(f"{init.__name__}(...)"):
+    with calling_user_code(f"{init.__name__}(...)"):
         params = model.init_params()
     model.bind(params)
     rng = np.random.default_rng(seed)

@@ -168,8 +168,15 @@ def _matrix(value, path: str, ndim: int, rows=None):
 
 # -- the parts of a result ----------------------------------------------------------------
 
+# what every result has; a document without them is named by all it lacks at once
+TOP_LEVEL = ("verdict", "cell", "oracles", "comparisons")
+
+
 def _check_result(doc):
     _expect(doc, "", _is_dict, "a JSON object")
+    missing = [key for key in TOP_LEVEL if key not in doc]
+    if missing:
+        raise _Invalid(f"missing {', '.join(missing)}")
     _field(doc, "verdict", "", lambda v: v in VERDICTS, "one of " + ", ".join(VERDICTS))
     _field(doc, "summary", "", _is_str, "a string")
     _field(doc, "cell", "", _is_dict, "an object")
