@@ -287,11 +287,12 @@ class GRU(StackedCell):
         """One time step of every layer: ``state`` (list of (B, H)) -> the next state."""
         H2 = 2 * self.config.hidden_size
         new = []
-        for l, h in enumerate(state):
-            xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (..., B, 3H)
-            h_t, _ = self._layer_step(l, params, h, (xp_t[..., :H2], xp_t[..., H2:]), m_t)
-            new.append(h_t)
-            x_t = h_t
+        with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
+            for l, h in enumerate(state):
+                xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]   # (..., B, 3H)
+                h_t, _ = self._layer_step(l, params, h, (xp_t[..., :H2], xp_t[..., H2:]), m_t)
+                new.append(h_t)
+                x_t = h_t
         return new
 
     @staticmethod

@@ -235,11 +235,13 @@ class LSTM(StackedCell):
         """One time step of every layer: ``state`` (list of (B, 2H) [h | c]) -> the next state."""
         H = self.config.hidden_size
         new = []
-        for l, s in enumerate(state):
-            xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]       # (..., B, 4H)
-            s_t, _ = self._layer_step(l, params, s, (xp_t[..., :3 * H], xp_t[..., 3 * H:]), m_t)
-            new.append(s_t)
-            x_t = s_t[..., :H]                                  # h_t feeds the layer above
+        with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
+            for l, s in enumerate(state):
+                xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]   # (..., B, 4H)
+                s_t, _ = self._layer_step(l, params, s, (xp_t[..., :3 * H], xp_t[..., 3 * H:]),
+                                          m_t)
+                new.append(s_t)
+                x_t = s_t[..., :H]                              # h_t feeds the layer above
         return new
 
     def output(self, state) -> np.ndarray:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from cells import workspace
-from cells.activations import GATES, log_softmax
+from cells.activations import GATES, LOOP_GATES, log_softmax
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
 from gradcheck.perturbed_rows import PerturbedRows
@@ -147,7 +147,8 @@ class StackedCell:
 
     def __init__(self, config=None, **kwargs):
         self.config = config if config is not None else self.config_class(**kwargs)
-        self.gate, self.gate_grad = GATES[self.config.gate]
+        # the step's gate: called in loops that silence exp's overflow (see LOOP_GATES)
+        self.gate, self.gate_grad = LOOP_GATES[self.config.gate], GATES[self.config.gate][1]
         self.truncation = parse_truncation(self.config.truncate, self.config.truncation)
 
     # ------------------------------------------------------------------- data
@@ -281,8 +282,11 @@ class StackedCell:
             logits = top.reshape(top.shape[:-3] + (T * B, H)) @ V + cb   # (..., T B, K)
             logp = log_softmax(logits)
             lead = logp.shape[:-2]
-            y = np.broadcast_to(batch.y.reshape(T * B, 1), lead + (T * B, 1))
-            nll = -np.take_along_axis(logp, y, -1)[..., 0]      # (..., T B)
+            # nll_tb = -logp[t b, y_tb], taken from the flat (..., T B K) array: the result is
+            # C-ordered (as fancy indexing's is not), so that the sum adds as in loss()
+            K = logp.shape[-1]
+            picked = np.arange(T * B) * K + batch.y.reshape(T * B)
+            nll = -np.take(logp.reshape(lead + (T * B * K,)), picked, axis=-1)    # (..., T B)
             # L = (1/B) sum_{t,b} m_tb nll_tb
             loss = (m.reshape(T * B) * nll).sum(axis=-1) / B
             return _loss_value(loss), dict(logp=logp.reshape(lead + (T, B, logp.shape[-1])))
@@ -301,8 +305,7 @@ class StackedCell:
         dlogits = np.exp(rc["logp"])                            # softmax
         if self.config.readout == "lm":
             # dL/dlogits = m (softmax - onehot) / B
-            np.put_along_axis(dlogits, batch.y[..., None],
-                              np.take_along_axis(dlogits, batch.y[..., None], -1) - 1.0, -1)
+            dlogits[np.arange(m.shape[0])[:, None], np.arange(B), batch.y] -= 1.0
             dlogits *= m[..., None] / B                         # (T, B, K)
             grads["V"] = self._outer(top, dlogits)
             grads["c"] = dlogits.sum(axis=(0, 1))
@@ -363,13 +366,14 @@ class StackedCell:
         xs = zip(np.moveaxis(xp_gates, -3, 0), np.moveaxis(xp_cand, -3, 0))
         views = list(states)
         steps = []
-        for t, xp_t, *out in zip(range(T), xs, *kept, views[1:]):
-            m_t = None if on[t] else mask[t]                    # None: no blend with the state
-            state, step_cache = self._layer_step(l, params, views[t], xp_t, m_t, out=out,
-                                                 blocks=blocks)
-            self._written(out, step_cache[:len(bufs)] + (state,))   # where the backward reads
-            if keep_steps:
-                steps.append(step_cache)
+        with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
+            for t, xp_t, *out in zip(range(T), xs, *kept, views[1:]):
+                m_t = None if on[t] else mask[t]                # None: no blend with the state
+                state, step_cache = self._layer_step(l, params, views[t], xp_t, m_t, out=out,
+                                                     blocks=blocks)
+                self._written(out, step_cache[:len(bufs)] + (state,))   # where the backward reads
+                if keep_steps:
+                    steps.append(step_cache)
         return (np.moveaxis(states[1:, ..., :H], 0, -3),
                 dict(x=x, states=states, steps=steps, **bufs))
 

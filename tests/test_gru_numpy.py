@@ -46,6 +46,30 @@ def test_hard_sigmoid_gate_is_clipped_linear():
     assert hard_sigmoid_grad(a, hard_sigmoid(a)).tolist() == [0, 0, 0.2, 0.2, 0, 0]
 
 
+def test_saturated_gates_overflow_exp_silently_in_every_pass():
+    # the steps' sigmoid leaves exp's overflow to the loops around them (LOOP_GATES):
+    # every path that runs steps must silence it, and the gate must still be 0
+    import warnings
+
+    from cells.activations import sigmoid, sigmoid_in_loop
+    from cells.lstm import LSTM, LSTMConfig
+    a = np.full((2, 3), -800.0)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        sigmoid_in_loop(a)                                  # unguarded, on its own
+    for cell in (GRU(GRUConfig(layers=2)), LSTM(LSTMConfig(layers=2))):
+        params, data = make_case(cell)
+        params["b0"][:] = -1000.0                           # every gate of layer 0 saturates at 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss, _ = cell.loss_and_gradient(params, data)
+            assert cell.loss(params, data) == loss
+            stack = {k: np.broadcast_to(v, (2,) + v.shape) for k, v in params.items()}
+            assert cell.losses(stack, data).tolist() == [loss, loss]
+            state = cell.step(params, cell.initial_state(data.size), data.x[0], data.mask[0])
+        assert np.isfinite(state[0]).all()
+    with np.errstate(over="ignore"):
+        assert sigmoid_in_loop(a).tolist() == sigmoid(a).tolist() == [[0.0] * 3] * 2
+
 @pytest.mark.parametrize("field, value, message", [
     ("hidden_size", 0, "hidden_size=0 must be a positive integer"),
     ("layers", -1, "layers=-1"),
