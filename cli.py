@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import sys
@@ -285,6 +286,7 @@ def _check_file_target(args, checking):
     from gradcheck.check import ORACLES, check_gradients
     from gradcheck.loader import case_from_target, load_target, sizes_taken
     from gradcheck.runner import checking_options
+    from gradcheck.user_cells import cell_name
 
     given = _given(args, list(CONFIG_OPTIONS) + list(BUILTIN_ONLY))
     if given:
@@ -304,7 +306,8 @@ def _check_file_target(args, checking):
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
                              **{**checking, "oracles": asked or case.oracles},
                              seed=case.seed if case.seed is not None else args.seed,
-                             cell_info={"target": args.cell, **case.info})
+                             cell_info={"name": cell_name(case.cell), "target": args.cell,
+                                        **case.info})
     result.command = shlex.join(
         ["gradcheck", "check", args.cell]
         + [arg for size in taken for arg in (f"--{size}", str(sizes[size]))]
@@ -337,6 +340,17 @@ def _checked(args, checking):
         **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
 
 
+def _emit(text: str, stream=None) -> None:
+    """Print ``text`` to ``stream`` (stdout); a reader that has gone (``| head``) ends the
+    output, not the command: the rest is dropped and the exit code is still the verdict's."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        # point the stream at /dev/null, so that the exit's own flush does not fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
 def _run_check(args) -> int:
     from gradcheck import progress
     from gradcheck.text_report import format_result
@@ -350,13 +364,13 @@ def _run_check(args) -> int:
         result = _checked(args, checking)
     doc = result.as_dict()
     if args.json:
-        print(json.dumps(doc, indent=2))
+        _emit(json.dumps(doc, indent=2))
     else:
-        print(format_result(result))
+        _emit(format_result(result))
     if args.html is not None:
         from reports import write_report
         path = write_report(doc, args.html)
-        print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+        _emit(f"report: {path}", sys.stderr if args.json else sys.stdout)
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_PASS if result.passed else EXIT_MISMATCH
@@ -398,11 +412,11 @@ def _run_compare(args) -> int:
                          "gate": config.gate},
            **{k: v for k, v in result.as_dict().items() if k != "verdict"}}
     if args.json:
-        print(json.dumps(doc, indent=2))
+        _emit(json.dumps(doc, indent=2))
     else:
-        print(f"compare {args.target} with the reference {args.reference} ({convention}); "
+        _emit(f"compare {args.target} with the reference {args.reference} ({convention}); "
               f"T={args.steps} B={args.batch} H={args.hidden} mask={args.mask}; seed={args.seed}")
-        print(f"{result.verdict}: {result.message}")
+        _emit(f"{result.verdict}: {result.message}")
     return EXIT_PASS if result.passed else EXIT_MISMATCH
 
 
@@ -420,7 +434,7 @@ def _run_report(args) -> int:
         raise ValueError(f"{args.result} is not JSON: {exc.msg} at line {exc.lineno}") from None
     validate_result(doc, source=args.result)
     path = write_report(doc, args.output)
-    print(f"report: {path}")
+    _emit(f"report: {path}")
     return EXIT_PASS
 
 
@@ -437,10 +451,10 @@ def _run_list(args) -> int:
 
     width = max(len(name) for name in CELLS)
     for name, entry in CELLS.items():
-        print(f"{name.ljust(width)}  {entry.description}")
+        _emit(f"{name.ljust(width)}  {entry.description}")
         for bug, cls in entry.broken().items():
             doc = _first_sentence(cls.__doc__ or "")
-            print(f"{''.ljust(width)}    --bug {bug}: {doc}")
+            _emit(f"{''.ljust(width)}    --bug {bug}: {doc}")
     return EXIT_PASS
 
 

@@ -24,7 +24,7 @@ from gradcheck.compare import Comparison, compare_gradients
 from gradcheck.directional import directional_check
 from gradcheck.finite_differences import (central_differences, complex_step_refusal,
                                           numeric_gradient, step_size_curve)
-from gradcheck.localise import Localisation
+from gradcheck.localise import DetailsMismatch, Localisation
 from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
 from gradcheck.sparse_rows import (EMBEDDING_SAMPLE, ROW_SAMPLE_STREAM, plan_sparse_rows,
@@ -219,11 +219,29 @@ def versions() -> dict[str, str]:
 
 
 def _loss_and_gradient(cell, params, batch):
-    """One call where the cell offers ``loss_and_gradient``, else two."""
-    if hasattr(cell, "loss_and_gradient"):
+    """One call where the cell's gradient is its ``loss_and_gradient``, else two."""
+    if _gradient_method(cell) == "loss_and_gradient":
         loss, grads = cell.loss_and_gradient(params, batch)
         return _scalar_loss(loss, "loss_and_gradient()"), grads
     return _scalar_loss(cell.loss(params, batch), "loss()"), cell.gradient(params, batch)
+
+
+def _gradient_method(cell) -> str:
+    """Which method gives the cell's gradient: "loss_and_gradient" or "gradient".
+
+    The most derived definition wins: a subclass of a reference cell that
+    overrides ``gradient`` alone has its gradient checked, not the inherited
+    ``loss_and_gradient``'s (which never calls it).  A cell defining both in
+    the same class (or on the instance) is checked through ``loss_and_gradient``.
+    """
+    cell = getattr(cell, "_gradcheck_cell", cell)           # a GuardedCell's own cell
+    for where in [vars(cell) if hasattr(cell, "__dict__") else {}] + [
+            vars(k) for k in type(cell).__mro__]:
+        if "loss_and_gradient" in where and callable(getattr(cell, "loss_and_gradient")):
+            return "loss_and_gradient"
+        if "gradient" in where:
+            return "gradient"
+    return "gradient"
 
 
 # the same inputs must give the same loss; this only forgives reassociation
@@ -464,8 +482,12 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     result.notes += _zero_gradient_notes(specs, grads)
     result.notes += _cannot_fail(specs, grads, tolerances)
     if localise and {"analytic", "numeric"} <= set(oracles):
-        result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
-                                              seed=seed if seed is not None else 0)
+        try:
+            result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
+                                                  seed=seed if seed is not None else 0,
+                                                  analytic=grads["analytic"])
+        except DetailsMismatch as exc:
+            result.notes.append(f"not localised by time step: {exc}")
     truncation = getattr(cell, "truncation", FULL)
     analytic_vs_numeric = [c for c in comparisons if c.oracles == ("analytic", "numeric")]
     if truncation.kind != "full" and any(not c.passed for c in analytic_vs_numeric):

@@ -31,10 +31,15 @@ import numpy as np
 
 from gradcheck.finite_differences import STEP_SCALE, _chunks, _stack_limit
 from gradcheck.params import ParamSpec
-from gradcheck.tolerance import Tolerance
+from gradcheck.tolerance import Tolerance, agree
 from gradcheck.truncation import run_steps, step_states
 
-__all__ = ["Localisation", "localise", "format_steps"]
+__all__ = ["Localisation", "DetailsMismatch", "localise", "format_steps"]
+
+
+class DetailsMismatch(ValueError):
+    """``gradient_details`` does not describe the gradient that was checked (the message
+    says where): localising by its per-step contributions would describe another one."""
 
 
 @dataclass
@@ -146,6 +151,29 @@ class Localisation:
             "first_divergence": {str(k): v for k, v in self.first_divergence().items()},
             "notes": self.notes,
         }
+
+
+def _check_details(steps, analytic, tolerances) -> None:
+    """DetailsMismatch naming the first parameter whose per-step contributions
+    (``{name: (T, *shape)}``) do not sum to the analytic gradient ``analytic[name]``."""
+    for name, per_step in steps.items():
+        if name not in analytic or name not in tolerances:
+            continue
+        total, want = np.sum(per_step, axis=0), np.asarray(analytic[name], dtype=np.float64)
+        if np.shape(total) != np.shape(want):
+            raise DetailsMismatch(f"gradient_details() gives per-step contributions to {name} "
+                                  f"of shape {np.shape(total)}, the gradient is {np.shape(want)}")
+        tol = tolerances[name]
+        # at least rounding's slack: the steps' shares are summed in another order
+        bad = ~agree(total, want, Tolerance(max(tol.atol, 1e-12), max(tol.rtol, 1e-9)))
+        if bad.any():
+            worst = np.unravel_index(int(np.argmax(np.where(bad, np.abs(total - want), -1.0))),
+                                     want.shape)
+            raise DetailsMismatch(
+                f"gradient_details()'s per-step contributions to {name} sum to "
+                f"{float(total[worst]):.9g} at {[int(i) for i in worst]}, where the gradient "
+                f"checked is {float(want[worst]):.9g} (is gradient() overridden without "
+                "gradient_details()?)")
 
 
 def _nested(a):
@@ -300,9 +328,16 @@ def _finish(cell, params, batch, base, t, state, P):
 
 
 def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, Tolerance],
-             *, directions: int = 2, seed: int = 0) -> Localisation | None:
+             *, directions: int = 2, seed: int = 0, analytic=None) -> Localisation | None:
     """Step-by-gate and state-adjoint errors of the hand BPTT, or None if the cell
-    does not expose ``gradient_details`` or truncates its BPTT."""
+    does not expose ``gradient_details`` or truncates its BPTT.
+
+    analytic: ``{name: array}``, the analytic gradient that was checked; when given,
+        the per-step contributions must sum to it (within ``tolerances``), else
+        DetailsMismatch: a subclass that overrides ``gradient`` but inherits
+        ``gradient_details`` would otherwise be localised by the inherited,
+        different, gradient.
+    """
     if not hasattr(cell, "gradient_details") or not hasattr(cell, "step"):
         return None
     truncation = getattr(cell, "truncation", None)
@@ -310,6 +345,8 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
         return None
     details = cell.gradient_details(params, batch)
     steps = details["step_contributions"]
+    if analytic is not None:
+        _check_details(steps, analytic, tolerances)
     adjoints = details["state_adjoints"]
     T = batch.mask.shape[0]
     rng = np.random.default_rng(seed)

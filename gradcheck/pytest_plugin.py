@@ -136,7 +136,7 @@ class GradcheckFixture:
         Returns the CheckResult when it passes.
         """
         from gradcheck.check import check_gradients
-        from gradcheck.user_cells import Case
+        from gradcheck.user_cells import Case, cell_name
 
         if isinstance(cell, Case):
             case = cell
@@ -152,7 +152,7 @@ class GradcheckFixture:
             cell, params, batch, symbolic=symbolic, oracles=oracles,
             atol=self._option("atol", atol), rtol=self._option("rtol", rtol),
             seed=self.seed if seed is None else seed, localise=not self.fast,
-            cell_info={"name": getattr(cell, "name", type(cell).__name__),
+            cell_info={"name": cell_name(cell),
                        "test": self._request.node.nodeid})
         self.results.append(result)
         if result.passed:

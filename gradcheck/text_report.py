@@ -19,7 +19,7 @@ def _cell_line(cell: dict) -> str:
     elif "truncate" in cell:
         variants.append("full BPTT")
     parts = [p for p in (sizes, ", ".join(variants)) if p]
-    return f"cell {cell.get('name', '?')}: {'; '.join(parts)}"
+    return f"cell {cell.get('name', '?')}" + (f": {'; '.join(parts)}" if parts else "")
 
 
 def format_result(result) -> str:

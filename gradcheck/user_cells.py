@@ -46,7 +46,7 @@ from gradcheck.params import ParamSpec
 
 __all__ = ["Case", "FunctionCell", "function_cell", "ModelCell", "model_cell",
            "MODEL_PARAM_NAMES", "UserCodeError", "user_code", "GuardedCell", "guard_case",
-           "check_gradient_dtypes"]
+           "check_gradient_dtypes", "cell_name"]
 
 # the order in which the blog's bptt returns its gradients
 MODEL_PARAM_NAMES = ("E", "U", "V", "W", "b", "c")
@@ -442,3 +442,13 @@ def guard_case(case: Case) -> Case:
     """A copy of ``case`` whose cell and symbolic twin call user code under :class:`user_code`."""
     return dataclasses.replace(case, cell=_guard_cell(case.cell),
                                symbolic=_guard_cell(case.symbolic))
+
+
+def cell_name(cell) -> str:
+    """A user's cell as results name it: its own ``name`` (set on it or on its class),
+    else its class's name (a subclass of the reference GRU is not "gru")."""
+    cell = getattr(cell, "_gradcheck_cell", cell)             # a GuardedCell's own cell
+    for where in (vars(cell) if hasattr(cell, "__dict__") else {}, vars(type(cell))):
+        if isinstance(where.get("name"), str):
+            return where["name"]
+    return type(cell).__name__

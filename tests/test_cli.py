@@ -261,3 +261,20 @@ def test_a_make_case_is_given_the_sizes_its_signature_names(capsys, tmp_path):
     assert "--steps 4" in doc["command"] and "--batch" not in doc["command"]
     code, _, err = run(capsys, "check", f"{path}:make_case", "--batch", "2")
     assert code == EXIT_USAGE and "make_case is not built with a batch argument" in err
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["check", "gru", "--oracles", "analytic,numeric"], EXIT_PASS),
+    (["check", "gru", "--oracles", "analytic,numeric", "--bug", "reset-gate-derivative"],
+     EXIT_MISMATCH),
+    (["list"], EXIT_PASS),
+])
+def test_a_reader_that_goes_away_ends_the_output_not_the_verdict(argv, code):
+    # `gradcheck check ... | head -1`: the pipe closes before the table is written;
+    # the exit code is still the check's, with no "internal error: BrokenPipeError"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py")] + argv, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                             # before the interpreter has even started
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == code, err
+    assert "error" not in err.lower(), err

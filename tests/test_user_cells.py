@@ -374,3 +374,58 @@ def test_a_guarded_cell_is_checked_exactly_as_the_cell_itself():
     assert wrapped.config is config and not hasattr(wrapped, "no_such_method")
     wrapped.flag = 1
     assert wrapped._gradcheck_cell.flag == 1
+
+
+@pytest.mark.parametrize("override", ["gradient", "loss_and_gradient"])
+def test_a_subclass_overriding_one_gradient_method_has_that_method_checked(capsys, tmp_path,
+                                                                           override):
+    # the reference GRU's loss_and_gradient never calls gradient(): a subclass that
+    # overrides gradient() alone must still have its own gradient checked; and its
+    # inherited gradient_details() (another gradient) must not localise it
+    method = {
+        "gradient": ["def gradient(self, params, batch):",
+                     "    g = super().gradient(params, batch)"],
+        "loss_and_gradient": ["def loss_and_gradient(self, params, batch):",
+                              "    loss, g = super().loss_and_gradient(params, batch)"],
+    }[override]
+    ret = "g" if override == "gradient" else "loss, g"
+    lines = ["import numpy as np", "from cells.gru import GRU, GRUConfig",
+             "from gradcheck import Case", "", "class MyGRU(GRU):"]
+    lines += ["    " + line for line in method + ['    g["W0"][:, 5:10] *= -1.0   # block z negated',
+                                                    f"    return {ret}"]]
+    lines += ["", "def make_case(seed):", "    cell = MyGRU(GRUConfig())",
+              "    rng = np.random.default_rng(seed)", "    params = cell.init_params(rng)",
+              "    return Case(cell, params, cell.sample_batch(rng, 5, 3), seed=seed)"]
+    path = user_file(tmp_path, "\n".join(lines) + "\n")
+    code, out, _ = run(capsys, "check", f"{path}:make_case")
+    assert code == EXIT_MISMATCH
+    assert out.startswith("cell MyGRU;")                  # its own name, not the reference's
+    assert "mismatch on W0 (block z)" in out and "where:" not in out
+    assert "not localised by time step: gradient_details()'s per-step contributions to W0" in out
+
+
+def test_which_gradient_method_is_the_cells():
+    from cells.gru import GRU
+    from gradcheck.check import _gradient_method
+    from gradcheck.user_cells import GuardedCell
+
+    class Own(GRU):
+        def gradient(self, params, batch):
+            return super().gradient(params, batch)
+
+    class Both(Own):
+        def loss_and_gradient(self, params, batch):
+            return super().loss_and_gradient(params, batch)
+
+    class Plain:
+        def gradient(self, params, batch):
+            return {}
+
+    assert _gradient_method(GRU()) == "loss_and_gradient"
+    assert _gradient_method(Own()) == "gradient"
+    assert _gradient_method(GuardedCell(Own())) == "gradient"
+    assert _gradient_method(Both()) == "loss_and_gradient"
+    assert _gradient_method(Plain()) == "gradient"
+    patched = GRU()
+    patched.gradient = lambda params, batch: {}               # set on the instance
+    assert _gradient_method(patched) == "gradient"
