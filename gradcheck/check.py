@@ -22,7 +22,8 @@ import numpy as np
 
 from gradcheck.compare import Comparison, compare_gradients
 from gradcheck.directional import directional_check
-from gradcheck.finite_differences import (central_differences, complex_step_refusal,
+from gradcheck.finite_differences import (ComplexStepError, central_differences,
+                                          complex_step_disagreement, complex_step_refusal,
                                           numeric_gradient, step_size_curve)
 from gradcheck.localise import DetailsMismatch, Localisation
 from gradcheck.localise import localise as localise_errors
@@ -283,17 +284,23 @@ def _timed(oracle, fn):
     start = time.perf_counter()
     try:
         value = fn()
-    except (KeyboardInterrupt, MemoryError, UserCodeError):
-        raise                       # UserCodeError: its one line already names the call
+    except (KeyboardInterrupt, MemoryError, UserCodeError, CellError, ComplexStepError):
+        raise                       # their one line names the call, or is gradcheck's own refusal
     except Exception as exc:
         raise CellError(f"the {oracle} oracle failed: the cell raised "
                         f"{type(exc).__name__}: {exc}") from exc
     return value, time.perf_counter() - start
 
 
-def _scalar_loss(value, who: str) -> float:
-    """The loss as a float; a CellError when it is not one real number."""
+def _scalar_loss(value, who: str, complex_ok: bool = False):
+    """The loss as a float; a CellError when it is not one real number.
+
+    complex_ok: the parameters were complex (the complex step): a complex number
+        is then the loss, returned as a complex.
+    """
     arr = np.asarray(value)
+    if arr.size == 1 and complex_ok and np.issubdtype(arr.dtype, np.complexfloating):
+        return complex(arr.reshape(()))
     if arr.size != 1 or not (np.issubdtype(arr.dtype, np.floating)
                              or np.issubdtype(arr.dtype, np.integer)):
         raise CellError(f"{who} returned {arr.dtype} of shape {arr.shape}, not a scalar loss")
@@ -404,6 +411,14 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         if not np.isfinite(first_loss):
             raise CellError(f"loss() gave {first_loss!r} for the given parameters and data: "
                             "gradients are checked where the loss is finite")
+        if numeric_method == "complex" and "numeric" in oracles:
+            # a cell may declare supports_complex_step and still not be complex-safe
+            tol = resolve_tolerance(np.float64, atol, rtol)
+            reason, _ = _timed("numeric", lambda: complex_step_disagreement(
+                numeric_loss, params64, atol=tol.atol, rtol=tol.rtol,
+                seed=seed if seed is not None else 0))
+            if reason:
+                raise ComplexStepError(reason)
         if "analytic" in oracles:
             (losses["numpy"], grads["analytic"]), timings["analytic"] = _timed(
                 "analytic", lambda: _loss_and_gradient(cell, native, batch))
@@ -502,7 +517,8 @@ def _numeric_loss(cell, params64, batch):
     """The loss the numeric oracle differentiates: the loss, or the truncation surrogate."""
     truncation = getattr(cell, "truncation", FULL)
     if truncation.kind == "full":
-        return lambda p: _scalar_loss(cell.loss(p, batch), "loss()")
+        return lambda p: _scalar_loss(cell.loss(p, batch), "loss()",
+                                      complex_ok=any(np.iscomplexobj(v) for v in p.values()))
     return surrogate_loss(cell, params64, batch, truncation)
 
 

@@ -63,7 +63,8 @@ from gradcheck.perturbed_rows import PerturbedRows
 
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
-           "complex_step", "batched_complex_step", "complex_step_refusal", "numeric_gradient",
+           "complex_step", "batched_complex_step", "complex_step_refusal",
+           "complex_step_disagreement", "numeric_gradient",
            "numeric_loss", "probe_chunk", "probe_workers", "step_size_curve"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
@@ -399,6 +400,49 @@ def complex_step_refusal(cell) -> str | None:
     reason = getattr(cell, "complex_step_reason", None)
     return reason or ("the cell does not declare supports_complex_step: the complex step needs a "
                       "forward pass built from analytic, complex-safe functions")
+
+
+def complex_step_disagreement(loss, params, *, atol: float = 1e-6, rtol: float = 1e-5,
+                              seed: int = 0) -> str | None:
+    """Why the complex step cannot be trusted on ``loss``, or None when it agrees.
+
+    loss: callable taking a dict of arrays (real or complex) and returning the loss.
+    params: the point of evaluation (float64); not modified.
+    atol, rtol: how close the two derivatives must be.
+    seed: seeds the direction.
+
+    The complex step is exact only where every function of the loss is analytic
+    and carries the imaginary part through; np.abs, np.std, np.real, maximum or
+    a comparison bend or drop it, and a cell that declares
+    ``supports_complex_step`` may still use one (a subclass that overrides a
+    readout, say).  Along one seeded random unit direction v, both derivatives::
+
+        complex step:  Im L(theta + i h v) / h
+        central:       (L(theta + e v) - L(theta - e v)) / 2e,  e = c max(1, |theta|_inf)
+
+    must agree to ``atol + rtol max(|a|, |b|)``: a unit v keeps the central
+    difference's own error (its e^2 and eps / e terms) near 1e-10.
+    """
+    rng = np.random.default_rng(seed)
+    theta = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    v = {k: rng.standard_normal(np.shape(t)) for k, t in theta.items()}
+    norm = np.sqrt(sum(float(np.sum(d * d)) for d in v.values())) or 1.0
+    v = {k: d / norm for k, d in v.items()}
+    e = STEP_SCALE * max([1.0] + [float(np.max(np.abs(t))) for t in theta.values() if t.size])
+    along = lambda s: {k: theta[k] + s * v[k] for k in theta}           # noqa: E731
+    moved = loss(along(1j * COMPLEX_STEP))
+    if not np.iscomplexobj(moved):
+        return ("the loss returned a real number for complex parameters: it is not "
+                "complex-safe (a float() or a real buffer drops the imaginary part)")
+    complex_step = float(np.imag(moved)) / COMPLEX_STEP
+    central = (float(np.real(loss(along(e)))) - float(np.real(loss(along(-e))))) / (2.0 * e)
+    if abs(complex_step - central) <= atol + rtol * max(abs(complex_step), abs(central)):
+        return None
+    return (f"the complex step disagrees with central differences along a random direction "
+            f"(seed {seed}): {complex_step:.9g} against {central:.9g}; the loss is not "
+            "complex-safe (a function such as np.abs, np.std, np.real, np.maximum or a "
+            "comparison bends or drops the imaginary part): use the central differences "
+            "(--numeric batched)")
 
 
 def _imaginary(value, what):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from gradcheck.finite_differences import STEP_SCALE, central_differences, element_steps
 
@@ -32,3 +33,58 @@ def test_kink_is_flagged_and_smooth_points_are_not():
                               {"x": np.array([0.0, 0.5, -2.0])})["x"]
     assert got.kinks.tolist() == [True, False, False]
     assert np.allclose(got.value[1:], [1.0, -1.0])
+
+
+# ------------------------------------------------ complex step: trusted only where it agrees
+def _layer_norm_gru(bug: bool):
+    """A GRU subclass that layer-normalises the top states before the readout (np.std:
+    not complex-safe, though the class inherits supports_complex_step).  ``bug``: its
+    backward drops the variance term, the complex step's own blind spot."""
+    from cells.gru import GRU, GRUConfig
+
+    class LayerNormGRU(GRU):
+        def _readout(self, params, top, batch):
+            mu, sd = top.mean(axis=-1, keepdims=True), top.std(axis=-1, keepdims=True)
+            y = (top - mu) / sd
+            loss, rc = super()._readout(params, y, batch)
+            return loss, dict(rc, y=y, sd=sd)
+
+        def _readout_backward(self, params, top, batch, rc, grads):
+            dy = super()._readout_backward(params, rc["y"], batch, rc, grads)
+            dy = dy - dy.mean(axis=-1, keepdims=True)
+            if not bug:
+                dy = dy - rc["y"] * (dy * rc["y"]).mean(axis=-1, keepdims=True)
+            return dy / rc["sd"]
+
+    return LayerNormGRU(GRUConfig())
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("bug", [False, True])
+def test_complex_step_is_refused_where_it_disagrees_with_central_differences(mode, bug):
+    from gradcheck import check_gradients
+    from gradcheck.finite_differences import ComplexStepError
+
+    cell = _layer_norm_gru(bug)
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    # the central differences see the variance term: the right backward passes, the bug fails
+    central = check_gradients(cell, params, batch, oracles="analytic,numeric", mode=mode)
+    assert central.passed is not bug, central.summary()
+    # np.std of a complex array is real: the complex step would hold the variance fixed,
+    # agree with the buggy backward and pass it; it is refused instead, in either mode
+    with pytest.raises(ComplexStepError, match="disagrees with central differences"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric", mode=mode,
+                        numeric_method="complex")
+
+
+def test_complex_step_agrees_on_complex_safe_losses():
+    from gradcheck.finite_differences import complex_step_disagreement
+
+    params = {"w": np.array([0.3, -1.2, 2.0])}
+    assert complex_step_disagreement(lambda p: np.sum(np.tanh(p["w"]) ** 3), params) is None
+    said = complex_step_disagreement(lambda p: np.sum(np.abs(p["w"]) ** 2 * p["w"]), params)
+    assert said is not None and "against" in said
+    said = complex_step_disagreement(lambda p: float(np.real(np.sum(p["w"] ** 2))), params)
+    assert said is not None and "real number" in said
