@@ -136,13 +136,8 @@ class CheckResult:
             head = "interrupted: " + (f"so far a mismatch on {', '.join(dict.fromkeys(c.parameter for c in bad))}"
                                       if bad else "no mismatch so far")
             return "; ".join([head] + self.notes)
-        n_elems = sum(int(np.prod(c.shape)) for c in self.comparisons
-                      if c.oracles == self.comparisons[0].oracles) if self.comparisons else 0
-        pairs = len(list(combinations(self.oracles, 2)))
         if self.passed:
-            text = (f"pass: {'the oracle pair' if pairs == 1 else f'all {pairs} oracle pairs'} "
-                    f"({', '.join(self.oracles)}) agree{'s' if pairs == 1 else ''} on {len(self.parameters())} "
-                    f"parameters ({n_elems} elements)")
+            text = self._pass_sentence()
             kinks = sum(c.kinks for c in self.comparisons)
             if kinks:
                 text += f"; {kinks} element comparisons sit on a kink and were not judged"
@@ -175,6 +170,28 @@ class CheckResult:
             parts.append(f"worst: {worst.describe_worst()}")
         return "fail: " + "; ".join(parts + self.notes)
 
+    def _pass_sentence(self) -> str:
+        """What agreed, as compared: the oracle pairs that were compared element by element,
+        on how many parameters and elements (a sampled pair: of those it compared)."""
+        all_pairs = list(combinations(self.oracles, 2))
+        pairs = [p for p in all_pairs if any(c.oracles == p for c in self.comparisons)]
+        if not pairs:
+            return "pass: no parameter needed an element-by-element comparison"
+        counts = []
+        for pair in pairs:
+            comps = [c for c in self.comparisons if c.oracles == pair]
+            size = sum(int(np.prod(c.shape)) for c in comps)
+            compared = sum(c.compared or int(np.prod(c.shape)) for c in comps)
+            counts.append((pair, len(comps), size, compared))
+        if len(pairs) == len(all_pairs) and len({c[1:] for c in counts}) == 1:
+            _, n_params, size, compared = counts[0]
+            who = ("the oracle pair" if len(pairs) == 1 else f"all {len(pairs)} oracle pairs") + \
+                f" ({', '.join(self.oracles)}) agree{'s' if len(pairs) == 1 else ''}"
+            return f"pass: {who} on {n_params} parameters ({_elements(size, compared)})"
+        return "pass: " + "; ".join(
+            f"{' ~ '.join(pair)} agree on {n_params} parameters ({_elements(size, compared)})"
+            for pair, n_params, size, compared in counts)
+
     def as_dict(self) -> dict:
         return {
             "verdict": self.verdict,
@@ -201,6 +218,11 @@ class CheckResult:
                                    for name, g in grads.items()}
                           for oracle, grads in self.gradients.items()},
         }
+
+
+def _elements(size: int, compared: int) -> str:
+    """"168 elements", or "53 of 8168 elements" where a pair compared a sample."""
+    return f"{size} elements" if compared >= size else f"{compared} of {size} elements"
 
 
 def versions() -> dict[str, str]:
@@ -482,15 +504,20 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                          sparse_rows=list(row_checks.values()))
     if screen is not None:
         result.directional = screen.as_dict()
-        result.notes.append(screen.summary())
+        said = screen.summary()             # "pass: ..." or "fail: ...", said as a note
+        result.notes.append("the numeric oracle's " + said[len("pass: "):] if said.startswith("pass: ")
+                            else "fast mode's directions, then element by element where they "
+                            "failed: " + said[len("fail: "):])
     if interrupted:
         done = sorted({c.parameter for c in comparisons})
         result.notes.append(f"interrupted: partial result, compared {len(done)} of "
                             f"{len(specs)} parameters ({', '.join(done) or 'none'})")
         return result
-    if capped:
+    if capped and "numeric" in oracles:
+        rest = ("compared between analytic and autodiff only"
+                if {"analytic", "autodiff"} <= set(oracles) else "not compared")
         result.notes.append(f"numeric oracle sampled: at most {max_elements} elements per "
-                            "parameter (seeded), the rest compared without it")
+                            f"parameter (seeded), the rest {rest}")
     result.notes += [check.note() for check in row_checks.values()]
     if any("numeric" in c.oracles for c in comparisons):
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
@@ -503,6 +530,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                                   analytic=grads["analytic"])
         except DetailsMismatch as exc:
             result.notes.append(f"not localised by time step: {exc}")
+        _judge_localisation(result, specs)
     truncation = getattr(cell, "truncation", FULL)
     analytic_vs_numeric = [c for c in comparisons if c.oracles == ("analytic", "numeric")]
     if truncation.kind != "full" and any(not c.passed for c in analytic_vs_numeric):
@@ -511,6 +539,31 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         if note:
             result.notes.append(note)
     return result
+
+
+def _judge_localisation(result, specs) -> None:
+    """A localised error counts where the numeric oracle did not compare every element.
+
+    Localisation compares every step and gate block along random directions;
+    when it finds an error that the elements compared one by one did not show
+    (some were sampled out, or fast mode judged them by directions), the check
+    fails on it.  Where every element was compared and agrees, the per-step
+    contributions disagree while their sum is right: a note, not a failure.
+    """
+    entry = result.localisation.entry() if result.localisation is not None else None
+    if entry is None or not result.passed:
+        return
+    total = sum(s.size for s in specs)
+    compared = sum(c.compared or int(np.prod(c.shape)) for c in result.comparisons
+                   if c.oracles == ("analytic", "numeric"))
+    if compared < total:
+        result.defects.append(
+            f"localisation finds an error that the {compared} of {total} elements compared "
+            f"one by one with the numeric oracle did not show: {result.localisation.sentence()}")
+    else:
+        result.notes.append("every element agrees, but localisation finds per-step "
+                            "contributions that disagree (gradient_details() splits the "
+                            f"gradient over the steps otherwise): {result.localisation.sentence()}")
 
 
 def _numeric_loss(cell, params64, batch):

@@ -228,3 +228,37 @@ def test_batched_probes_in_small_chunks_give_the_same_derivatives(monkeypatch):
     assert len(calls) > whole                                 # more, smaller batches ran
     np.testing.assert_allclose(small.step_values, loc.step_values, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(small.adjoint_values, loc.adjoint_values, rtol=1e-9, atol=1e-12)
+
+
+def _embedding_word_case(seed=1):
+    """The blog's embedding bug, its wrong rows rarely among a few sampled elements."""
+    cell = BROKEN_GRUS["blog-embedding-word"](GRUConfig(embedding=True, vocab=2000))
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    return cell, params, cell.sample_batch(rng, 5, 3)
+
+
+def test_a_localised_error_fails_a_check_that_sampled_the_elements_it_is_in():
+    cell, params, batch = _embedding_word_case()
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric", max_elements=2,
+                             seed=1)
+    # the two sampled elements of each parameter agree; localisation sees E wrong
+    assert all(c.passed for c in result.comparisons)
+    assert not result.passed and result.verdict == "fail"
+    assert result.summary().startswith("fail: localisation finds an error that the 12 of 8168 "
+                                       "elements compared one by one")
+    assert "the error enters at t = 3 in the embedding, E" in result.summary()
+
+
+def test_sampled_and_fast_passes_say_what_they_compared():
+    cell = GRU(GRUConfig())
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    sampled = check_gradients(cell, params, batch, oracles="analytic,numeric", max_elements=1)
+    assert sampled.summary().startswith(
+        "pass: the oracle pair (analytic, numeric) agrees on 5 parameters (5 of 168 elements); "
+        "numeric oracle sampled: at most 1 elements per parameter (seeded), the rest not compared")
+    fast = check_gradients(cell, params, batch, oracles="analytic,numeric", mode="fast")
+    assert fast.summary().startswith("pass: no parameter needed an element-by-element comparison; "
+                                     "the numeric oracle's 2 gaussian directions")
