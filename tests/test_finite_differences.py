@@ -88,3 +88,49 @@ def test_complex_step_agrees_on_complex_safe_losses():
     assert said is not None and "against" in said
     said = complex_step_disagreement(lambda p: float(np.real(np.sum(p["w"] ** 2))), params)
     assert said is not None and "real number" in said
+
+
+# ----------------------------------------------- kink flags: kinks, not small derivatives
+def test_a_small_derivative_on_a_curve_is_judged_not_excused_as_a_kink():
+    from gradcheck import Batch, check_gradients, function_cell
+
+    # L = sum w^2 / 2 + sum relu-like |w - k|; w_0 = 1e-4 sits on a smooth curve with a
+    # small slope (its one-sided differences differ by h L'' = 6e-6, above 1e-3 |L'|),
+    # w_1 on the kink of |w - w_1|, w_2 a third of its step away from |w - k|'s kink
+    w = np.array([1e-4, 0.7, -0.3])
+    h2 = float(element_steps(w[2:], STEP_SCALE)[0]) / 3.0
+    kinks_at = np.array([5.0, 0.7, -0.3 + h2])
+
+    def loss(p, batch):
+        return float(np.sum(p["w"] ** 2) / 2 + np.sum(np.abs(p["w"][1:] - kinks_at[1:])))
+
+    def wrong(p, batch):                     # the curve's element wrong by 0.5; the kinks' fine
+        g = p["w"] + np.concatenate([[0.0], np.sign(p["w"][1:] - kinks_at[1:])])
+        g[0] += 0.5
+        return {"w": g}
+
+    batch = Batch(np.zeros((1, 1, 1)), np.zeros((1, 1), int), np.ones((1, 1)))
+    cell = function_cell(loss=loss, gradient=wrong, params={"w": w})
+    result = check_gradients(cell, {"w": w}, batch, oracles="analytic,numeric")
+    (comp,) = result.comparisons
+    assert not result.passed and comp.failed == 1 and comp.worst_index == (0,)
+
+
+def test_unflagging_keeps_real_kinks_and_the_values():
+    from gradcheck.finite_differences import unflag_curvature
+
+    # w_0 on a kink, w_1 a small slope on a curve, w_2 smooth, w_3 a third of its step
+    # from a kink (there the one-sided gap halves with the step, as on a curve)
+    w = np.array([0.0, 1e-4, 2.0, -0.3])
+    third = float(element_steps(w[3:], STEP_SCALE)[0]) / 3.0
+
+    def loss(p):
+        v = p["w"]
+        return float(np.abs(v[0]) + v[1] ** 2 / 2 + np.cos(v[2]) + np.abs(v[3] + 0.3 - third))
+
+    found = central_differences(loss, {"w": w})
+    assert found["w"].kinks.tolist() == [True, True, False, True]   # the curve's slope too
+    value = found["w"].value.copy()
+    assert unflag_curvature(loss, {"w": w}, found) is found
+    assert found["w"].kinks.tolist() == [True, False, False, True]
+    assert np.array_equal(found["w"].value, value)
