@@ -42,7 +42,8 @@ def pytest_addoption(parser):
     group.addoption("--gradcheck-rtol", metavar="X", type=float, default=None,
                     help="relative tolerance of every check (default per dtype: 1e-5 for float64)")
     group.addoption("--gradcheck-fast", action="store_true", default=False,
-                    help="compare analytic with numeric only, without autodiff and localisation")
+                    help="by default compare analytic with numeric only, without autodiff; "
+                         "never localise (oracles a test chooses are still compared)")
 
 
 def pytest_configure(config):
@@ -126,28 +127,37 @@ class GradcheckFixture:
                  atol=None, rtol=None, seed=None):
         """Check ``cell`` at ``params`` on ``batch``; fail the test on a mismatch.
 
-        cell: a cell, or a gradcheck.Case (then params, batch, symbolic come from it).
+        cell: a cell, or a gradcheck.Case (then params, batch, symbolic, seed and
+            oracles come from it, unless given here).
         params: the parameters; batch: the data.
         symbolic: the autodiff oracle, if any.
-        oracles: which oracles to compare; by default all available (analytic and
-            numeric with --gradcheck-fast).
+        oracles: which oracles to compare.  The first given of: this argument, the
+            marker's ``oracles``, the Case's ``oracles``; when none is given, all
+            available, or analytic and numeric alone with --gradcheck-fast.
+            --gradcheck-fast changes only that default: oracles chosen explicitly
+            are compared as chosen, autodiff included.
         atol, rtol: tolerances; by default the marker's, then the command line's.
-        seed: recorded in the result; by default this fixture's seed.
+        seed: recorded in the result, and seeds the check's own draws (sampled
+            elements, localisation directions); by default the Case's seed when
+            the Case has one, else this fixture's seed (--gradcheck-seed, 0).
+        With --gradcheck-fast nothing is localised, whichever oracles are compared.
         Returns the CheckResult when it passes.
         """
         from gradcheck.check import check_gradients
         from gradcheck.user_cells import Case, cell_name
 
+        if oracles is None:
+            oracles = self._marked.get("oracles")
         if isinstance(cell, Case):
             case = cell
             cell, params, batch = case.cell, case.params, case.batch
             symbolic = symbolic if symbolic is not None else case.symbolic
             seed = seed if seed is not None else case.seed
+            oracles = oracles if oracles is not None else case.oracles
         if params is None or batch is None:
             raise TypeError("gradcheck(cell, params, batch) needs params and batch (or a Case)")
-        oracles = oracles if oracles is not None else self._marked.get("oracles")
-        if self.fast:
-            oracles, symbolic = "analytic,numeric", None
+        if oracles is None and self.fast:       # fast changes the default only
+            oracles = "analytic,numeric"
         result = check_gradients(
             cell, params, batch, symbolic=symbolic, oracles=oracles,
             atol=self._option("atol", atol), rtol=self._option("rtol", rtol),

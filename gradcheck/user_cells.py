@@ -207,9 +207,13 @@ class Case:
     params: dict of named float arrays.
     batch: whatever the cell's ``loss`` and ``gradient`` take as their second argument.
     symbolic: the autodiff oracle, with ``loss`` and ``gradient`` like the cell's, or None.
-    seed: the seed the case was drawn with, if any.
+    seed: the seed the case was drawn with, if any; when given, the check's seed
+        (recorded in the result; it seeds the sampled elements and localisation
+        directions) in ``gradcheck check`` and the pytest fixture.
     info: a description of the cell for the result (name, sizes).
-    oracles: the oracles to compare by default (None: all the case has).
+    oracles: the oracles to compare when the caller names none (``gradcheck check
+        --oracles``; the pytest fixture's ``oracles=`` argument or marker); None:
+        all the case has (analytic and numeric, and autodiff with ``symbolic``).
     """
 
     cell: object

@@ -96,6 +96,54 @@ def test_options(gradcheck):
     pytester.runpytest("-q", "--gradcheck-seed=42", "--gradcheck-fast").assert_outcomes(passed=1)
 
 
+FAST_EXPLICIT = '''
+from cells.gru_symbolic import SymbolicGRU
+from gradcheck import Case
+
+
+def with_symbolic():
+    cell, params, batch = case(GRU, 0)
+    return cell, params, batch, SymbolicGRU(cell.config)
+
+
+def test_argument(gradcheck):
+    cell, params, batch, symbolic = with_symbolic()
+    result = gradcheck(cell, params, batch, symbolic=symbolic, oracles="analytic,autodiff")
+    assert result.oracles == ("analytic", "autodiff")
+
+
+@pytest.mark.gradcheck(oracles="analytic,autodiff")
+def test_marker(gradcheck):
+    cell, params, batch, symbolic = with_symbolic()
+    assert gradcheck(cell, params, batch, symbolic=symbolic).oracles == ("analytic", "autodiff")
+
+
+def test_case_oracles(gradcheck):
+    cell, params, batch, symbolic = with_symbolic()
+    chosen = Case(cell, params, batch, symbolic=symbolic, oracles=("analytic", "autodiff"))
+    assert gradcheck(chosen).oracles == ("analytic", "autodiff")
+
+
+def test_default(gradcheck):
+    cell, params, batch, symbolic = with_symbolic()
+    result = gradcheck(cell, params, batch, symbolic=symbolic)
+    assert result.oracles == (("analytic", "numeric") if gradcheck.fast
+                              else ("analytic", "numeric", "autodiff"))
+    assert (result.localisation is None) == gradcheck.fast
+'''
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
+def test_explicit_oracles_are_honoured_and_fast_only_changes_the_default(pytester, fast):
+    """An oracles= argument, the marker's oracles and a Case's oracles win over
+    --gradcheck-fast, which sets the default alone (analytic and numeric)."""
+    write(pytester, FAST_EXPLICIT)
+    options = ["-q"] + (["--gradcheck-fast"] if fast else [])
+    # in a subprocess: in-process, the fast run's first PyTensor compile failed here
+    # (TypeError: mask must be `Variable` ...), which the same file run by pytest does not
+    pytester.runpytest_subprocess(*options).assert_outcomes(passed=4)
+
+
 def test_works_under_xdist(pytester, tmp_path):
     pytest.importorskip("xdist")
     write(pytester, '''
