@@ -132,7 +132,9 @@ def make_parser() -> argparse.ArgumentParser:
                     "gradient (analytic), central finite differences (numeric) and the symbolic "
                     "version's gradient (autodiff), compared pairwise. The cell is a built-in "
                     "one or path/to/file.py:NAME, where NAME is a make_case(seed) function, "
-                    "a gradcheck.Case, or a model class with forward_propagation and bptt.",
+                    "a gradcheck.Case, a model class with forward_propagation and bptt, or a "
+                    "Theano-tutorial layer (name_layer beside param_init_name; numeric "
+                    "against autodiff).",
         epilog=CHECK_EXAMPLES + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     check.add_argument("cell", help="a built-in cell (see 'gradcheck list') or path/to/file.py:NAME, "

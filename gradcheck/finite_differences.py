@@ -412,8 +412,8 @@ def complex_step_disagreement(loss, params, *, atol: float = 1e-6, rtol: float =
     seed: seeds the direction.
 
     The complex step is exact only where every function of the loss is analytic
-    and carries the imaginary part through; np.abs, np.std, np.real, maximum or
-    a comparison bend or drop it, and a cell that declares
+    and carries the imaginary part through; np.abs, np.std, np.real, np.sign or
+    a kink bend or drop it, and a cell that declares
     ``supports_complex_step`` may still use one (a subclass that overrides a
     readout, say).  Along one seeded random unit direction v, both derivatives::
 
@@ -440,8 +440,8 @@ def complex_step_disagreement(loss, params, *, atol: float = 1e-6, rtol: float =
         return None
     return (f"the complex step disagrees with central differences along a random direction "
             f"(seed {seed}): {complex_step:.9g} against {central:.9g}; the loss is not "
-            "complex-safe (a function such as np.abs, np.std, np.real, np.maximum or a "
-            "comparison bends or drops the imaginary part): use the central differences "
+            "complex-safe (a function such as np.abs, np.std, np.real, np.sign or a kink "
+            "bends or drops the imaginary part): use the central differences "
             "(--numeric batched)")
 
 

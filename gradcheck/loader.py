@@ -205,7 +205,8 @@ def _case_of(obj, *, name: str, steps: int, batch: int, seed: int) -> Case:
         return _call_make_case(obj, name, steps=steps, batch=batch, seed=seed)
     raise UserCodeError(
         f"{name} is a {type(obj).__name__}: expected a make_case(seed) function, a "
-        "gradcheck.Case, or a model class with forward_propagation and bptt")
+        "gradcheck.Case, a model class with forward_propagation and bptt, or a "
+        "Theano-tutorial layer (name_layer beside param_init_name)")
 
 
 def layer_case(layer_fn, *, name: str, steps: int, batch: int, seed: int, dim: int = 4,
