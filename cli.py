@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+import traceback
 
 __all__ = ["make_parser", "main", "EXIT_PASS", "EXIT_MISMATCH", "EXIT_USAGE", "EXIT_INTERNAL",
            "EXIT_INTERRUPTED"]
@@ -366,7 +367,7 @@ def _run_check(args) -> int:
         result = _checked(args, checking)
     doc = result.as_dict()
     if args.json:
-        _emit(json.dumps(doc, indent=2))
+        _emit(json.dumps(doc, indent=2, allow_nan=False))     # as_dict wrote NaN as "nan"
     else:
         _emit(format_result(result))
     if args.html is not None:
@@ -408,13 +409,15 @@ def _run_compare(args) -> int:
         raise
     except Exception as exc:
         raise UserCodeError(f"running {name} raised {type(exc).__name__}: {exc}") from None
+    from gradcheck.check import json_ready
+
     convention = f"reset={config.reset}, update={config.update}, gate={config.gate}"
     doc = {"verdict": result.verdict, "seed": args.seed, "target": args.target,
            "reference": {"cell": args.reference, "reset": config.reset, "update": config.update,
                          "gate": config.gate},
            **{k: v for k, v in result.as_dict().items() if k != "verdict"}}
     if args.json:
-        _emit(json.dumps(doc, indent=2))
+        _emit(json.dumps(json_ready(doc), indent=2, allow_nan=False))
     else:
         _emit(f"compare {args.target} with the reference {args.reference} ({convention}); "
               f"T={args.steps} B={args.batch} H={args.hidden} mask={args.mask}; seed={args.seed}")
@@ -485,7 +488,8 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # an internal error: one line unless asked for more
         if args.traceback:
-            raise
+            traceback.print_exc()
+            return EXIT_INTERNAL
         sys.stderr.write(f"gradcheck {args.command}: internal error: {type(exc).__name__}: {exc} "
                          "(rerun with --traceback)\n")
         return EXIT_INTERNAL

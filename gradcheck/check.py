@@ -14,6 +14,7 @@ one oracle fail, while the third pair agrees, names that oracle the odd one out.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -193,6 +194,11 @@ class CheckResult:
             for pair, n_params, size, compared in counts)
 
     def as_dict(self) -> dict:
+        """The result as JSON data; non-finite numbers as the strings "nan", "inf", "-inf"
+        (JSON has no NaN: ``json.dumps`` would write a bare NaN that parsers refuse)."""
+        return json_ready(self._fields())
+
+    def _fields(self) -> dict:
         return {
             "verdict": self.verdict,
             "seed": self.seed,
@@ -218,6 +224,17 @@ class CheckResult:
                                    for name, g in grads.items()}
                           for oracle, grads in self.gradients.items()},
         }
+
+
+def json_ready(value):
+    """``value`` with every non-finite float, in its dicts and lists, as its string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def _elements(size: int, compared: int) -> str:

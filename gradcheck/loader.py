@@ -27,6 +27,8 @@ import inspect
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from gradcheck.user_cells import Case, UserCodeError, guard_case, model_cell, user_code
 
 __all__ = ["UserCodeError", "exec_file", "is_file_target", "load_target", "case_from_target",
@@ -165,7 +167,15 @@ def case_from_target(obj, *, name: str, steps: int, batch: int, seed: int) -> Ca
     The case's cell and symbolic twin call user code under ``user_code``: an exit
     there is a one-line UserCodeError too.
     """
-    return guard_case(_case_of(obj, name=name, steps=steps, batch=batch, seed=seed))
+    case = _case_of(obj, name=name, steps=steps, batch=batch, seed=seed)
+    if case.seed is not None and (isinstance(case.seed, bool)
+                                  or not isinstance(case.seed, (int, np.integer))
+                                  or case.seed < 0):
+        raise UserCodeError(f"{name} gives Case.seed={case.seed!r}: the seed must be an integer, "
+                            "0 or more, or None")
+    if not isinstance(case.info, dict):
+        raise UserCodeError(f"{name} gives Case.info={case.info!r}: it must be a dict")
+    return guard_case(case)
 
 
 def sizes_taken(obj) -> tuple[str, ...]:

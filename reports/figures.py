@@ -173,8 +173,8 @@ def step_size_plot(curve) -> str:
     """The V-shaped finite-difference error against step size, with the step used marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    steps = np.asarray(curve["steps"])
-    errors = np.maximum(np.asarray(curve["errors"]), 1e-18)
+    steps = np.asarray(curve["steps"], dtype=np.float64)     # "nan" and "inf" read as such
+    errors = np.maximum(np.asarray(curve["errors"], dtype=np.float64), 1e-18)
     ax.loglog(steps, errors, "o-", markersize=3)
     ax.axvline(curve["step_used"], color="tab:orange", linestyle="--",
                label="step used: eps^(1/3) max(1, |theta|)")

@@ -131,12 +131,21 @@ def _list_of(value, path: str, test, what: str) -> list:
     return value
 
 
+# how a result writes the non-finite numbers of its arrays (JSON has none)
+NON_FINITE = ("nan", "inf", "-inf")
+
+
+def _is_array_number(value) -> bool:
+    """A number of an array: a number, or one of the strings NON_FINITE."""
+    return _is_number(value) or (isinstance(value, str) and value in NON_FINITE)
+
+
 def _array_shape(value, path: str) -> tuple:
     """The shape of a nested list of numbers; a ragged or non-numeric one is a problem."""
-    if _is_number(value):
+    if _is_array_number(value):
         return ()
     _expect(value, path, _is_list, "a number or an array of numbers")
-    if all(_is_number(v) for v in value):
+    if all(_is_array_number(v) for v in value):
         return (len(value),)
     shapes = [_array_shape(v, f"{path}[{i}]") for i, v in enumerate(value)]
     for i, shape in enumerate(shapes):

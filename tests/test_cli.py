@@ -278,3 +278,36 @@ def test_a_reader_that_goes_away_ends_the_output_not_the_verdict(argv, code):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == code, err
     assert "error" not in err.lower(), err
+
+
+@pytest.mark.parametrize("traceback", [False, True])
+def test_an_internal_error_exits_3_with_or_without_its_traceback(capsys, monkeypatch, traceback):
+    import gradcheck.runner
+    from cli import EXIT_INTERNAL
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug of gradcheck's own")
+
+    monkeypatch.setattr(gradcheck.runner, "check_builtin", broken)
+    code = main((["--traceback"] if traceback else []) + ["check", "gru"])
+    _, err = capsys.readouterr()
+    assert code == EXIT_INTERNAL                    # never 1, the mismatch code
+    if traceback:
+        assert "Traceback (most recent call last)" in err and "a bug of gradcheck's own" in err
+    else:
+        assert err.strip() == ("gradcheck check: internal error: RuntimeError: a bug of "
+                               "gradcheck's own (rerun with --traceback)")
+
+
+def test_a_case_seed_that_is_not_an_integer_is_a_usage_error(capsys, tmp_path):
+    path = tmp_path / "bad_seed.py"
+    path.write_text("from cells.gru import GRU\nimport numpy as np\nfrom gradcheck import Case\n"
+                    "def make_case(seed):\n"
+                    "    cell = GRU()\n"
+                    "    rng = np.random.default_rng(seed)\n"
+                    "    return Case(cell, cell.init_params(rng), cell.sample_batch(rng, 3, 2),"
+                    " seed='abc')\n")
+    code = main(["check", f"{path}:make_case"])
+    _, err = capsys.readouterr()
+    assert code == EXIT_USAGE
+    assert "make_case gives Case.seed='abc': the seed must be an integer" in err

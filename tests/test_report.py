@@ -420,3 +420,39 @@ def test_report_renders_in_headless_chromium(failing, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1280, 3000)
     assert len(data) > 50_000     # a blank page compresses to a few KiB
+
+
+def _strict_json(text):
+    """json.loads refusing NaN and Infinity, as JSON.parse and other parsers do."""
+    def refuse(token):
+        raise ValueError(f"bare {token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_gradients_are_written_as_strings_the_report_reads(capsys, tmp_path):
+    # a user gradient with a NaN (and so a NaN step curve): --json must stay valid JSON
+    path = tmp_path / "nan_cell.py"
+    path.write_text(
+        "import numpy as np\n"
+        "from gradcheck import Batch, Case, function_cell\n"
+        "def loss(p, batch):\n"
+        "    return float(np.tanh(batch.x @ p['W']).sum())\n"
+        "def gradient(p, batch):\n"
+        "    a = np.tanh(batch.x @ p['W'])\n"
+        "    g = np.einsum('tbd,tbk->dk', batch.x, 1 - a ** 2)\n"
+        "    g[0, 0] = np.nan\n"
+        "    return {'W': g}\n"
+        "def make_case(seed):\n"
+        "    rng = np.random.default_rng(seed)\n"
+        "    params = {'W': rng.normal(size=(3, 4))}\n"
+        "    batch = Batch(rng.normal(size=(4, 2, 3)), np.zeros((4, 2), int), np.ones((4, 2)))\n"
+        "    return Case(function_cell(loss=loss, gradient=gradient, params=params), params,"
+        " batch, seed=seed)\n")
+    code = main(["check", f"{path}:make_case", "--json"])
+    out, _ = capsys.readouterr()
+    assert code == EXIT_MISMATCH
+    doc = _strict_json(out)
+    assert doc["gradients"]["analytic"]["W"][0][0] == "nan"
+    validate_result(doc)
+    html = render_report(doc)
+    assert "<html" in html.lower()
