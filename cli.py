@@ -184,10 +184,10 @@ def make_parser() -> argparse.ArgumentParser:
                           "(test material; 'gradcheck list' names them)")
     how.add_argument("--backend", choices=("pytensor", "theano"), default=None,
                      help="library of the symbolic (autodiff) cell; default pytensor")
-    how.add_argument("--mode", choices=("exact", "fast"), default="exact",
+    how.add_argument("--mode", choices=("exact", "fast"), default=None,
                      help="exact: every element by finite differences; fast: random directions per "
                           "gate block first, then the exact check only where they fail (default exact)")
-    how.add_argument("--numeric", choices=("batched", "central", "complex"), default="batched",
+    how.add_argument("--numeric", choices=("batched", "central", "complex"), default=None,
                      help="numeric oracle: central differences batched through one forward pass, "
                           "one probe at a time, or complex step (sigmoid gates only); default batched")
     how.add_argument("--directions", type=_positive_int, default=None, metavar="K",
@@ -270,10 +270,27 @@ def _checking(args) -> dict:
     sample = args.embedding_sample
     return dict(
         oracles=parse_oracles(args.oracles) if args.oracles is not None else None,
-        atol=args.atol, rtol=args.rtol, max_elements=args.max_elements, mode=args.mode,
-        numeric_method=args.numeric, directions=args.directions or 2,
+        atol=args.atol, rtol=args.rtol, max_elements=args.max_elements,
+        mode=args.mode or "exact", numeric_method=args.numeric or "batched",
+        directions=args.directions or 2,
         embedding_sample=EMBEDDING_SAMPLE if sample is None else None if sample == "all"
         else sample)
+
+
+# options that only the numeric oracle, or only the autodiff one, reads
+NUMERIC_ONLY = {"numeric": "--numeric", "max_elements": "--max-elements", "mode": "--mode",
+                "embedding_sample": "--embedding-sample"}
+
+
+def _refuse_unread(args, oracles) -> None:
+    """ValueError naming an option given for an oracle the check does not run."""
+    for key, option in NUMERIC_ONLY.items():
+        if getattr(args, key) is not None and "numeric" not in oracles:
+            raise ValueError(f"{option} applies to the numeric oracle, which this check does not "
+                             f"run (oracles {','.join(oracles)})")
+    if getattr(args, "backend", None) is not None and "autodiff" not in oracles:
+        raise ValueError(f"--backend names the autodiff oracle's library, which this check does "
+                         f"not run (oracles {','.join(oracles)})")
 
 
 def _sizes(args) -> dict:
@@ -306,6 +323,12 @@ def _check_file_target(args, checking):
     sizes = _sizes(args)
     case = case_from_target(target, name=name, **sizes, seed=args.seed)
     asked = checking["oracles"]
+    _refuse_unread(args, asked or case.oracles or (
+        ORACLES if case.symbolic is not None else ("analytic", "numeric")))
+    if args.embedding_sample is not None and not any(
+            getattr(spec, "rows_indexed_by", None) for spec in case.cell.param_specs()):
+        raise ValueError(f"--embedding-sample applies to a parameter read by row lookup (an "
+                         f"embedding); {name}'s cell declares none (ParamSpec.rows_indexed_by)")
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
                              **{**checking, "oracles": asked or case.oracles},
                              seed=case.seed if case.seed is not None else args.seed,
@@ -337,6 +360,11 @@ def _checked(args, checking):
         config[CONFIG_OPTIONS[option]] = value
     if args.embedding_sample is not None and not config.get("embedding"):
         raise ValueError("--embedding-sample applies to cells with --embedding only")
+    if args.vocab is not None and not config.get("embedding"):
+        raise ValueError("--vocab applies to cells with --embedding only")
+    if args.truncation is not None and config.get("truncate", -1) == -1:
+        raise ValueError("--truncation applies with --truncate K only (full BPTT has no window)")
+    _refuse_unread(args, checking["oracles"] or ORACLES)
     return check_builtin(
         args.cell, **_sizes(args), seed=args.seed,
         mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",

@@ -311,3 +311,27 @@ def test_a_case_seed_that_is_not_an_integer_is_a_usage_error(capsys, tmp_path):
     _, err = capsys.readouterr()
     assert code == EXIT_USAGE
     assert "make_case gives Case.seed='abc': the seed must be an integer" in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--vocab", "50"], "--vocab applies to cells with --embedding only"),
+    (["--truncation", "tail"], "--truncation applies with --truncate K only"),
+    (["--backend", "theano", "--oracles", "analytic,numeric"],
+     "--backend names the autodiff oracle's library, which this check does not run"),
+    (["--numeric", "complex", "--oracles", "analytic,autodiff"],
+     "--numeric applies to the numeric oracle, which this check does not run"),
+    (["--mode", "fast", "--oracles", "analytic,autodiff"], "--mode applies to the numeric oracle"),
+    (["--max-elements", "5", "--oracles", "analytic,autodiff"],
+     "--max-elements applies to the numeric oracle"),
+    (["--embedding", "--embedding-sample", "3", "--oracles", "analytic,autodiff"],
+     "--embedding-sample applies to the numeric oracle"),
+])
+def test_options_the_check_would_not_read_are_refused(capsys, argv, says):
+    code, _, err = run(capsys, "check", "gru", *argv)
+    assert code == EXIT_USAGE and says in err
+
+
+def test_embedding_sample_is_refused_for_a_file_cell_without_an_embedding(capsys):
+    code, _, err = run(capsys, "check", f"{ROOT / 'examples' / 'blog_gru.py'}:BlogGRU",
+                       "--embedding-sample", "2")
+    assert code == EXIT_USAGE and "BlogGRU's cell declares none" in err
