@@ -464,6 +464,12 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             defects += _mutations(native, saved_params, batch, saved_batch, "the analytic oracle")
             validate_params(specs, grads["analytic"], what="analytic gradient")
             check_gradient_dtypes(native, grads["analytic"], "the analytic gradient", exact=False)
+            # the tolerance of the precision the gradient was computed in: a float32
+            # parameter whose gradient comes back in float64 gets float64's
+            for s in specs:
+                wider = np.result_type(np.asarray(params[s.name]).dtype,
+                                       np.asarray(grads["analytic"][s.name]).dtype)
+                tolerances[s.name] = resolve_tolerance(wider, atol, rtol)
         again, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch), "loss()"))
         if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
             defects.append(

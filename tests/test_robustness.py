@@ -93,16 +93,43 @@ def test_a_parameter_whose_gradient_is_within_the_tolerance_of_zero_is_named():
         cell, params, batch, oracles="analytic,numeric", seed=0).notes)
 
 
+class _GradientInParameterDtype(GRU):
+    """The reference GRU returning each gradient in its parameter's dtype, as a cell that
+    computes in that dtype does."""
+
+    def loss_and_gradient(self, params, batch):
+        loss, grads = super().loss_and_gradient(params, batch)
+        return loss, {k: g.astype(np.asarray(params[k]).dtype) for k, g in grads.items()}
+
+
 @pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-3), (np.float16, 1e-2)])
 def test_low_precision_parameters(dtype, atol):
     cell, params, batch = case()
     low = {k: v.astype(dtype) for k, v in params.items()}
-    result = check_gradients(cell, low, batch, oracles="analytic,numeric")
-    assert result.passed, result.summary()
-    doc = result.as_dict()
-    assert {c["dtype"] for c in doc["comparisons"]} == {np.dtype(dtype).name}
-    assert {c["numeric_dtype"] for c in doc["comparisons"]} == {"float64"}
-    assert {c["atol"] for c in doc["comparisons"]} == {atol}
+    # the reference cell computes in float64 and returns float64: float64's tolerance;
+    # a cell returning the parameter's dtype: that dtype's
+    for checked, want in ((cell, 1e-6), (_GradientInParameterDtype(cell.config), atol)):
+        result = check_gradients(checked, low, batch, oracles="analytic,numeric")
+        assert result.passed, result.summary()
+        doc = result.as_dict()
+        assert {c["dtype"] for c in doc["comparisons"]} == {np.dtype(dtype).name}
+        assert {c["numeric_dtype"] for c in doc["comparisons"]} == {"float64"}
+        assert {c["atol"] for c in doc["comparisons"]} == {want}
+
+
+def test_float32_parameters_do_not_loosen_a_float64_gradient_s_tolerance():
+    # a 1% error in dU0, computed in float64 from float32 parameters: float32's 1e-3
+    # tolerance would pass it
+    class OnePercentOff(GRU):
+        def loss_and_gradient(self, params, batch):
+            loss, grads = super().loss_and_gradient(params, batch)
+            grads["U0"] = grads["U0"] * 1.01
+            return loss, grads
+
+    cell, params, batch = case()
+    low = {k: v.astype(np.float32) for k, v in params.items()}
+    result = check_gradients(OnePercentOff(cell.config), low, batch, oracles="analytic,numeric")
+    assert not result.passed and result.odd_one_out_by_parameter() == {"U0": None}
 
 
 def test_integer_parameters():
