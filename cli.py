@@ -70,6 +70,14 @@ def _positive_int(text):
     return value
 
 
+def _class_count(text):
+    value = _integer(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 2 (a softmax over one class "
+                                         "is constant)")
+    return value
+
+
 def _tolerance(what):
     """The parser of --atol or --rtol: a number the tolerance model accepts for ``what``."""
     def parse(text):
@@ -149,7 +157,7 @@ def make_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--hidden", type=_positive_int, default=None, metavar="H", help="hidden units per layer (default 5)")
     sizes.add_argument("--layers", type=_positive_int, default=None, metavar="L", help="stacked layers (default 1)")
     sizes.add_argument("--vocab", type=_positive_int, default=None, metavar="V", help="vocabulary size with --embedding (default 7)")
-    sizes.add_argument("--classes", type=_positive_int, default=None, metavar="C", help="readout classes (default 3)")
+    sizes.add_argument("--classes", type=_class_count, default=None, metavar="C", help="readout classes (default 3)")
     sizes.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random draw (default 0)")
     variant = check.add_argument_group("variant")
     variant.add_argument("--reset", choices=("before", "after"), default=None,
@@ -323,6 +331,9 @@ def _check_file_target(args, checking):
     sizes = _sizes(args)
     case = case_from_target(target, name=name, **sizes, seed=args.seed)
     asked = checking["oracles"]
+    if asked and "autodiff" in asked and case.symbolic is None:
+        raise ValueError(f"--oracles asks for autodiff, but {name} gives no symbolic twin of "
+                         "its cell (Case(..., symbolic=...))")
     _refuse_unread(args, asked or case.oracles or (
         ORACLES if case.symbolic is not None else ("analytic", "numeric")))
     if args.embedding_sample is not None and not any(
@@ -351,7 +362,10 @@ def _checked(args, checking):
     if is_file_target(args.cell):
         with user_output_to_stderr(args.json):          # stdout: the JSON object only
             return _check_file_target(args, checking)
-    from cells import get_cell
+    from cells import CELLS, get_cell
+    if args.cell not in CELLS and (args.cell.endswith(".py") or os.path.exists(args.cell)):
+        raise ValueError(f"{args.cell} is a path, not a built-in cell: name what to check in "
+                         "a file, path/to/file.py:NAME (see the README, 'Check your own cell')")
     fields = set(get_cell(args.cell).config_class.__dataclass_fields__)
     config = {}
     for option, value in _given(args, CONFIG_OPTIONS).items():

@@ -687,7 +687,7 @@ def _cannot_fail(specs, grads, tolerances) -> list[str]:
             f"the tolerance (atol={tol.atol:g}, rtol={tol.rtol:g}) lets a zero gradient pass "
             f"on every parameter: the largest gradient element is {largest[top]:.3g} (in {top}), "
             f"within atol / (1 - rtol) = {tol.zero_bound:.3g}, so the check could not fail; "
-            "choose a smaller atol")
+            f"choose a smaller {'rtol' if tol.rtol >= 0.5 else 'atol'}")
     shown = [n for n in weak if largest[n] > 0]     # exactly zero ones have their own note
     if not shown:
         return []

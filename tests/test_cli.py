@@ -69,7 +69,7 @@ def test_tolerance_override_turns_a_pass_into_a_mismatch(capsys):
     (["check", "gru", "--rtol", "-1e-3"], "--rtol"),
     (["check", "gru", "--rtol", "1"], "rtol=1.0 must be less than 1"),
     (["check", "gru", "--atol", "nan"], "--atol"),
-    (["check", "gru", "--classes", "1"], "classes=1 must be at least 2"),
+    (["check", "gru", "--classes", "1"], "--classes: 1 must be at least 2"),
     (["check", "gru", "--oracles", ""], "has an empty name"),
     (["check", "gru", "--oracles", "analytic,numeric,"], "has an empty name"),
     (["check", "gru", "--embedding-sample", "3"], "--embedding-sample applies to cells with "
@@ -335,3 +335,19 @@ def test_embedding_sample_is_refused_for_a_file_cell_without_an_embedding(capsys
     code, _, err = run(capsys, "check", f"{ROOT / 'examples' / 'blog_gru.py'}:BlogGRU",
                        "--embedding-sample", "2")
     assert code == EXIT_USAGE and "BlogGRU's cell declares none" in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["check", "gru", "--classes", "1"], "1 must be at least 2"),
+    (["check", "examples/blog_gru.py"], "is a path, not a built-in cell: name what to check"),
+    (["check", "gru", "--rtol", "0.999999"], "could not fail; choose a smaller rtol"),
+    (["check", "examples/blog_gru.py:BlogGRU", "--oracles", "analytic,autodiff"],
+     "--oracles asks for autodiff, but BlogGRU gives no symbolic twin"),
+])
+def test_usage_errors_name_what_to_change(capsys, monkeypatch, argv, says):
+    monkeypatch.chdir(ROOT)
+    try:
+        code = main(argv)
+    except SystemExit as stop:                  # argparse's own refusals exit from parse_args
+        code = stop.code
+    assert code == EXIT_USAGE and says in capsys.readouterr().err
