@@ -533,7 +533,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                             "failed: " + said[len("fail: "):])
     if interrupted:
         done = sorted({c.parameter for c in comparisons})
-        result.notes.append(f"interrupted: partial result, compared {len(done)} of "
+        result.notes.append(f"partial result: compared {len(done)} of "
                             f"{len(specs)} parameters ({', '.join(done) or 'none'})")
         return result
     if capped and "numeric" in oracles:

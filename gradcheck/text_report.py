@@ -47,7 +47,7 @@ def format_result(result) -> str:
     if tol is not None:
         lines.append(f"tolerance: |a - b| <= {tol.atol:g} + {tol.rtol:g} * max(|a|, |b|)")
     times = ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items())
-    lines.append(f"time: {times}")
+    lines.append(f"time: {times or 'no oracle finished'}")
     lines.append(result.summary())
     if result.localisation is not None:
         lines.append("where: " + result.localisation.sentence())

@@ -218,7 +218,8 @@ def test_ctrl_c_gives_a_partial_result_and_an_intact_report(capsys, tmp_path, mo
     assert code == EXIT_INTERRUPTED
     doc = json.loads(out)
     assert doc["verdict"] == "interrupted"
-    assert doc["summary"].startswith("interrupted: no mismatch so far")
+    assert doc["summary"].startswith("interrupted: no mismatch so far; partial result: compared ")
+    assert doc["summary"].count("interrupted") == 1
     done = {c["parameter"] for c in doc["comparisons"] if "numeric" in c["oracles"]}
     assert done and done != {"W0", "U0", "b0", "V", "c"}
     html = report.read_text()
