@@ -544,7 +544,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     result.notes += [check.note() for check in row_checks.values()]
     if any("numeric" in c.oracles for c in comparisons):
         result.step_curve = _step_curve(result, numeric_loss, params64, grads)
-    result.notes += _zero_gradient_notes(specs, grads)
+    mask = getattr(batch, "mask", None)
+    result.notes += _zero_gradient_notes(specs, grads, np.shape(mask)[0] if np.ndim(mask) else None)
     result.notes += _cannot_fail(specs, grads, tolerances)
     if localise and {"analytic", "numeric"} <= set(oracles):
         try:
@@ -636,17 +637,22 @@ def _judge_sparse_rows(row_checks, grads, numeric_done, sampled, within, toleran
     return found
 
 
-def _zero_gradient_notes(specs, grads) -> list[str]:
-    """Hints for gradients that are exactly zero: in every oracle, or in the analytic only."""
+def _zero_gradient_notes(specs, grads, steps=None) -> list[str]:
+    """Hints for gradients that are exactly zero: in every oracle, or in the analytic only.
+
+    steps: the batch's number of time steps, when it has a mask to tell it.
+    """
     notes = []
     silent = [s.name for s in specs if s.size and all(s.name in grads[o] for o in grads)
               and all(not np.any(np.nan_to_num(grads[o][s.name])) for o in grads)]
     if silent:
+        why = ("one step only: a recurrent weight multiplies nothing but the zero initial "
+               "state; " if steps == 1 else "")
         notes.append(
             f"the gradient of {', '.join(silent)} is exactly zero in every oracle: "
             f"{'it does' if len(silent) == 1 else 'they do'} not reach the loss here "
-            "(all steps masked, a disconnected parameter, or a forward bug such as a scan "
-            "output indexed with [0]; 'gradcheck compare' checks the forward pass)")
+            f"({why}all steps masked, a disconnected parameter, or a forward bug such as a scan "
+            "output indexed with [0], which 'gradcheck compare' finds in a Theano layer)")
     if "analytic" in grads:
         others = [o for o in grads if o != "analytic"]
         dead = [s.name for s in specs if s.size and not np.any(grads["analytic"][s.name])

@@ -50,6 +50,12 @@ class ParamSpec:
                 f"parameter {self.name!r}: rows_indexed_by={self.rows_indexed_by!r} must name "
                 "the batch array of row ids, and the parameter must have rows")
         if self.blocks is not None:
+            if not -len(self.shape) <= self.block_axis < len(self.shape):
+                raise ValueError(
+                    f"parameter {self.name!r}: its blocks lie along axis {self.block_axis}, "
+                    f"which a parameter of shape {self.shape} does not have")
+            if not len(self.blocks):
+                raise ValueError(f"parameter {self.name!r}: blocks names no block")
             axis_len = self.shape[self.block_axis]
             if axis_len % len(self.blocks):
                 raise ValueError(

@@ -84,3 +84,14 @@ def test_bad_oracle_lists(text, message):
 
 def test_oracles_are_put_in_canonical_order():
     assert parse_oracles("autodiff, analytic") == ("analytic", "autodiff")
+
+
+@pytest.mark.parametrize("shape, blocks, axis, says", [
+    ((3, 6), ("a", "b"), 2, "its blocks lie along axis 2, which a parameter of shape (3, 6)"),
+    ((6,), ("a", "b"), -2, "along axis -2"),
+    ((3, 6), (), 1, "blocks names no block"),
+    ((3, 6), ("a", "b", "c", "d"), 1, "axis 1 of length 6 does not split into 4 blocks"),
+])
+def test_bad_blocks_are_named(shape, blocks, axis, says):
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        ParamSpec("W", shape, blocks, axis)

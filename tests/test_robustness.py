@@ -278,3 +278,12 @@ def test_ctrl_c_during_the_threaded_passes_returns_without_waiting_for_them():
         release.set()
         timer.join()
     assert waited < 10, waited          # the blocked passes would hold it 30 s
+
+
+def test_one_step_says_why_the_recurrent_gradient_is_zero():
+    cell, params, batch = case(steps=1)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    note = next(n for n in result.notes if n.startswith("the gradient of U0 is exactly zero"))
+    assert "one step only: a recurrent weight multiplies nothing but the zero initial state" in note
+    longer = check_gradients(*case(steps=2), oracles="analytic,numeric")
+    assert not any("exactly zero" in n for n in longer.notes)
