@@ -22,6 +22,7 @@ from gradcheck.truncation import FULL, TRUNCATIONS, Truncation
 __all__ = ["gru_configs", "masks", "truncations", "seeds"]
 
 _RESETS = ("before", "after")
+_UPDATES = ("old", "new")
 _GATES = ("sigmoid", "hard")
 _READOUTS = ("lm", "mean")
 _MASK_KINDS = ("lengths", "random")
@@ -57,8 +58,9 @@ def seeds() -> st.SearchStrategy[int]:
 
 
 def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
-                max_size: int = 4, min_classes: int = 2, resets=_RESETS, gates=_GATES,
-                readouts=_READOUTS, embedding: bool | None = None, truncation=FULL):
+                max_size: int = 4, min_classes: int = 2, resets=_RESETS, updates=_UPDATES,
+                gates=_GATES, readouts=_READOUTS, embedding: bool | None = None,
+                truncation=FULL):
     """Strategy for ``cells.gru.GRUConfig``.
 
     min_layers: the fewest stacked layers (at least 1).
@@ -68,6 +70,7 @@ def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
         ``min_classes``).
     min_classes: the fewest readout classes (at least 2: one class has no gradient).
     resets: the reset conventions to draw from.
+    updates: the update conventions to draw from ("old": z keeps the old state, "new").
     gates: the gate activations to draw from.
     readouts: the readouts to draw from.
     embedding: True or False fixes it; None draws it.
@@ -79,6 +82,7 @@ def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
     _check_range("min_size", min_size, "max_size", max_size, 1)
     _check_int("min_classes", min_classes, 2)
     resets = _check_choices("resets", resets, _RESETS)
+    updates = _check_choices("updates", updates, _UPDATES)
     gates = _check_choices("gates", gates, _GATES)
     readouts = _check_choices("readouts", readouts, _READOUTS)
     if embedding not in (None, True, False):
@@ -99,7 +103,8 @@ def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
             layers=draw(st.integers(min_layers, max_layers)),
             classes=draw(st.integers(min_classes, max(min_classes, max_size))),
             vocab=draw(size),
-            reset=draw(st.sampled_from(resets)), gate=draw(st.sampled_from(gates)),
+            reset=draw(st.sampled_from(resets)), update=draw(st.sampled_from(updates)),
+            gate=draw(st.sampled_from(gates)),
             readout=draw(st.sampled_from(readouts)),
             embedding=draw(st.booleans()) if embedding is None else embedding,
             truncate=tr.k, truncation=tr.kind if tr.kind != "full" else "window")
