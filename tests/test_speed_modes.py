@@ -44,6 +44,24 @@ def holey_case(cell, seed=0, steps=5, batch=3):
     return params, cell.sample_batch(rng, steps, batch, mask)
 
 
+def counted(cell):
+    """(copy, calls): ``cell``'s class and config with its vectorised ``losses`` counted.
+
+    The batched paths call ``losses`` once to see whether they may (the readiness
+    probe), and fall back to the scalar loss when not: more than one call says the
+    vectorised path ran (as tests/test_truncation.py asks of the surrogate's).
+    """
+    calls = []
+    original = type(cell).losses
+
+    class Counted(type(cell)):
+        def losses(self, stacked, batch):
+            calls.append(1)
+            return original(self, stacked, batch)
+
+    return Counted(cell.config), calls
+
+
 def same(a, b):
     return all(np.array_equal(a[k].value, b[k].value) and np.array_equal(a[k].kinks, b[k].kinks)
                for k in a) and a.keys() == b.keys()
@@ -76,7 +94,9 @@ def test_probe_stack_needs_one_probe_axis():
 def test_batched_equals_one_at_a_time(cell, chunk):
     params, batch = holey_case(cell)
     scalar = central_differences(lambda p: cell.loss(p, batch), params)
-    batched = batched_central_differences(cell, params, batch, chunk=chunk)
+    spy, calls = counted(cell)
+    batched = batched_central_differences(spy, params, batch, chunk=chunk)
+    assert len(calls) > 1                                     # the vectorised path ran
     assert same(scalar, batched)
 
 
@@ -89,7 +109,9 @@ def test_batched_flags_the_same_kinks():
     batch = cell.sample_batch(rng, 3, 1)
     params["b0"][6] = 2.5 - float(batch.x[0, 0] @ params["W0"][:, 6])
     scalar = central_differences(lambda p: cell.loss(p, batch), params)
-    batched = batched_central_differences(cell, params, batch, chunk=4)
+    spy, calls = counted(cell)
+    batched = batched_central_differences(spy, params, batch, chunk=4)
+    assert len(calls) > 1
     assert scalar["b0"].kinks[6] and same(scalar, batched)
 
 
@@ -97,8 +119,11 @@ def test_batched_names_and_input_untouched():
     cell = CELLS[2]
     params, batch = make_case(cell)
     saved = {k: v.copy() for k, v in params.items()}
-    out = batched_central_differences(cell, params, batch, names=["U1", "c"])
+    spy, calls = counted(cell)
+    out = batched_central_differences(spy, params, batch, names=["U1", "c"])
+    assert len(calls) > 1
     assert list(out) == ["U1", "c"]
+    assert same(out, central_differences(lambda p: cell.loss(p, batch), params, ["U1", "c"]))
     assert all(np.array_equal(params[k], saved[k]) for k in params)
 
 
@@ -172,7 +197,9 @@ def test_scalar_and_batched_complex_step_agree():
     cell = SMOOTH[1]
     params, batch = make_case(cell)
     a = complex_step(lambda p: cell.loss(p, batch), params)
-    b = batched_complex_step(cell, params, batch, chunk=5)
+    spy, calls = counted(cell)
+    b = batched_complex_step(spy, params, batch, chunk=5)
+    assert len(calls) > 1
     for name in a:
         assert np.max(rel_err(a[name].value, b[name].value)) < 1e-13, name
 
@@ -263,14 +290,35 @@ def test_directional_catches_what_the_exact_check_catches(bug, method, kind):
         assert fast.summary().startswith("fail:")
 
 
-def test_output_mutated_is_caught_before_any_numeric_oracle():
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("method", ["batched", "central"])
+def test_output_mutated_is_caught_before_any_numeric_oracle(mode, method):
     # this bug leaves the gradient right and corrupts the next loss instead; the
-    # harness's determinism check (loss, gradient, loss again) catches it in every mode
+    # harness's determinism check (loss, gradient, loss again) catches it in both modes,
+    # with central differences batched or one at a time (the complex step: below)
+    probe = BlogOutputMutatedGRU(GRUConfig())
+    params, batch = make_case(probe)
+    before = probe.loss(params, batch)
+    probe.loss_and_gradient(params, batch)
+    assert probe.loss(params, batch) != before
+    r = check_gradients(BlogOutputMutatedGRU(GRUConfig()), params, batch,
+                        oracles="analytic,numeric", mode=mode, numeric_method=method,
+                        localise=False)
+    assert not r.passed
+    assert r.defects and "loss is not a function of its inputs" in r.defects[0], r.summary()
+    assert r.summary().startswith("fail: the cell's loss is not a function of its inputs")
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_output_mutated_is_refused_the_complex_step(mode):
+    # the third numeric method never reaches the determinism check: this zoo cell's loss
+    # is float(...), not complex-safe, though it inherits the GRU's supports_complex_step,
+    # and the complex step's guard refuses it first (the CLI exits 2, not 1)
     cell = BlogOutputMutatedGRU(GRUConfig())
     params, batch = make_case(cell)
-    before = cell.loss(params, batch)
-    cell.loss_and_gradient(params, batch)
-    assert cell.loss(params, batch) != before
+    with pytest.raises(ComplexStepError, match="not complex-safe"):
+        check_gradients(cell, params, batch, oracles="analytic,numeric", mode=mode,
+                        numeric_method="complex", localise=False)
 
 
 GOOD = [GRU(GRUConfig(**v)) for v in (
@@ -331,7 +379,9 @@ def test_sampled_elements_and_partial_results_match_the_scalar_path():
     rng = np.random.default_rng(3)
     elements = {"U0": rng.random(params["U0"].shape) < 0.2, "c": None}
     done = {}
-    got = numeric_gradient(cell, params, batch, ["U0", "c"], elements=elements, out=done)
+    spy, calls = counted(cell)
+    got = numeric_gradient(spy, params, batch, ["U0", "c"], elements=elements, out=done)
+    assert len(calls) > 1
     want = central_differences(lambda p: cell.loss(p, batch), params, ["U0", "c"],
                                elements=elements)
     assert done is got and list(done) == ["U0", "c"]
@@ -347,8 +397,10 @@ def test_fortran_ordered_parameters():
     cell = CELLS[0]
     params, batch = make_case(cell)
     fortran = {k: np.asfortranarray(v) for k, v in params.items()}
-    assert same(batched_central_differences(cell, fortran, batch),
+    spy, calls = counted(cell)
+    assert same(batched_central_differences(spy, fortran, batch),
                 central_differences(lambda p: cell.loss(p, batch), params))
+    assert len(calls) > 1
 
 
 # ------------------------------------------------------------- process memory
@@ -383,11 +435,15 @@ print(kept, same)
 def test_worker_threads_give_the_same_numbers(cell):
     params, batch = holey_case(cell, seed=3)
     one = batched_central_differences(cell, params, batch, chunk=3, workers=1)
-    three = batched_central_differences(cell, params, batch, chunk=3, workers=3)
+    spy, calls = counted(cell)
+    three = batched_central_differences(spy, params, batch, chunk=3, workers=3)
+    assert len(calls) > 1                                     # the passes ran in the pool
     assert same(one, three)
     if cell.supports_complex_step:
+        spy, calls = counted(cell)
         assert same(batched_complex_step(cell, params, batch, chunk=2, workers=1),
-                    batched_complex_step(cell, params, batch, chunk=2, workers=3))
+                    batched_complex_step(spy, params, batch, chunk=2, workers=3))
+        assert len(calls) > 1
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
