@@ -63,10 +63,12 @@ def test_output_delta_in_every_layer_spares_the_top_layer():
 
 
 def test_hard_sigmoid_slope_from_the_output_shows_in_the_gate_blocks():
+    # the README's example: "the error enters at t = 4 in layer 0, block r of W0, U0, b0"
     r = check("blog-hard-sigmoid-slope", gate="hard")
     assert not r.passed and r.odd_one_out() == "analytic"
     t, layer, rows = r.localisation.entry()
-    assert {b for _, b in rows} <= {"r", "z"}
+    assert (t, layer) == (4, 0) and rows == [("W0", "r"), ("U0", "r"), ("b0", "r")]
+    assert "block r of W0, U0, b0" in r.localisation.sentence()
 
 
 def test_embedding_word_is_only_E():
