@@ -251,11 +251,12 @@ class BlogOutputMutatedGRU(GRU):
         if self.config.readout == "lm":
             picked = np.take_along_axis(probs, batch.y[..., None], -1)[..., 0]
             with np.errstate(invalid="ignore", divide="ignore"):
-                loss = float(-(m * np.log(picked)).sum() / B)
+                loss = -(m * np.log(picked)).sum() / B
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
-                loss = float(-np.log(probs[np.arange(B), batch.y]).sum() / B)
-        return loss, cache
+                loss = -np.log(probs[np.arange(B), batch.y]).sum() / B
+        # complex under the complex step, as the reference cell's loss is
+        return (complex(loss) if np.iscomplexobj(loss) else float(loss)), cache
 
     def _readout_backward(self, params, top, batch, rc, grads):
         dtop = super()._readout_backward(params, top, batch, rc, grads)
