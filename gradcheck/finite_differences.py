@@ -64,12 +64,14 @@ from gradcheck.perturbed_rows import PerturbedRows
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
            "complex_step", "batched_complex_step", "complex_step_refusal",
-           "complex_step_disagreement", "numeric_gradient", "unflag_curvature",
+           "complex_step_disagreement", "numeric_gradient", "unflag_curvature", "is_curve",
            "numeric_loss", "probe_chunk", "probe_workers", "step_size_curve"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
 # one-sided differences disagreeing by more than this fraction flag a kink
 KINK_RTOL = 1e-3
+# ... and by more than this times |L| / h: eight times their gap from rounding alone
+ROUNDING_GAP = 16 * float(np.finfo(np.float64).eps)
 # the complex step: far below rounding of theta, so theta + i h is exact
 COMPLEX_STEP = 1e-20
 # the numeric oracle's methods: one element at a time, vectorised, complex step
@@ -137,8 +139,7 @@ def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE,
             flat[i] = old
             # (L(theta + h) - L(theta - h)) / 2h
             value[i] = (f_plus - f_minus) / (2.0 * h)
-            fwd, bwd = (f_plus - f0) / h, (f0 - f_minus) / h
-            kinks[i] = abs(fwd - bwd) > KINK_RTOL * max(abs(fwd), abs(bwd)) + 1e3 * STEP_SCALE ** 2
+            kinks[i] = bool(_kinks(np.float64(f_plus), f_minus, f0, h))
             progress.advance(1)
         out[name] = NumericGradient(value.reshape(theta.shape), kinks.reshape(theta.shape))
     return out
@@ -174,10 +175,16 @@ def step_size_curve(loss, params, name, index, reference, *, scales=None) -> dic
 
 # ------------------------------------------------------------ vectorised probes
 def _kinks(f_plus, f_minus, f0, h):
-    """Elementwise kink flags from the one-sided differences (the scalar path's rule)."""
+    """Elementwise kink flags from the one-sided differences (every path's rule).
+
+    The gap between them is a kink's jump in slope, h L'' on a curve, or rounding,
+    about 2 eps |L| / h: the bound is KINK_RTOL of the slope, a floor, and eight
+    times that rounding (a loss summed to 1e5 flagged smooth elements without it).
+    """
     # forward = (L(theta + h) - L(theta)) / h,  backward = (L(theta) - L(theta - h)) / h
     fwd, bwd = (f_plus - f0) / h, (f0 - f_minus) / h
-    bound = KINK_RTOL * np.maximum(np.abs(fwd), np.abs(bwd)) + 1e3 * STEP_SCALE ** 2
+    bound = (KINK_RTOL * np.maximum(np.abs(fwd), np.abs(bwd)) + 1e3 * STEP_SCALE ** 2
+             + ROUNDING_GAP * np.abs(f0) / h)
     return np.abs(fwd - bwd) > bound
 
 
@@ -635,7 +642,20 @@ def unflag_curvature(loss, params, found, *, scale: float = STEP_SCALE):
                 flat[i] = old
                 gaps.append((f_plus - 2.0 * f0 + f_minus) / s)
                 centrals.append((f_plus - f_minus) / (2.0 * s))
-            ratio = gaps[1] / gaps[0] if gaps[0] else np.inf
-            if 0.35 <= ratio <= 0.65 and abs(centrals[1] - centrals[0]) <= 0.01 * abs(gaps[0]):
+            if is_curve(gaps, centrals):
                 got.kinks.flat[i] = False
     return found
+
+
+def is_curve(gaps, centrals) -> bool:
+    """Whether one-sided differences that disagree do so as on a smooth curve.
+
+    gaps: ``(D(h), D(h/2))``, the one-sided differences' gap at the step and half of it.
+    centrals: ``(C(h), C(h/2))``, the central differences there.
+
+    On a curve the gap halves with the step and the central difference stays put
+    (to a hundredth of the gap); a kink within the step meets both only within
+    2% of the step from the point, where its gap stays near whole instead.
+    """
+    ratio = gaps[1] / gaps[0] if gaps[0] else np.inf
+    return bool(0.35 <= ratio <= 0.65 and abs(centrals[1] - centrals[0]) <= 0.01 * abs(gaps[0]))
