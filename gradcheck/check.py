@@ -272,16 +272,49 @@ def _gradient_method(cell) -> str:
     The most derived definition wins: a subclass of a reference cell that
     overrides ``gradient`` alone has its gradient checked, not the inherited
     ``loss_and_gradient``'s (which never calls it).  A cell defining both in
-    the same class (or on the instance) is checked through ``loss_and_gradient``.
+    the same class (or on the instance) is checked through ``loss_and_gradient``,
+    and its ``gradient`` must agree with it (``_second_gradient``).
     """
+    level = _first_level(cell)
+    return "loss_and_gradient" if "loss_and_gradient" in level else "gradient"
+
+
+def _first_level(cell) -> set:
+    """Which of gradient and loss_and_gradient the most derived level defining either
+    (the instance, then the classes of its MRO) defines."""
     cell = getattr(cell, "_gradcheck_cell", cell)           # a GuardedCell's own cell
     for where in [vars(cell) if hasattr(cell, "__dict__") else {}] + [
             vars(k) for k in type(cell).__mro__]:
-        if "loss_and_gradient" in where and callable(getattr(cell, "loss_and_gradient")):
-            return "loss_and_gradient"
-        if "gradient" in where:
-            return "gradient"
-    return "gradient"
+        found = {name for name in ("gradient", "loss_and_gradient")
+                 if name in where and callable(getattr(cell, name, None))}
+        if found:
+            return found
+    return set()
+
+
+def _second_gradient(cell, params, batch, grads, tolerances) -> list[str]:
+    """Where the cell defines gradient and loss_and_gradient side by side, the check runs
+    the latter; the sentences naming where ``gradient()`` gives another gradient (what
+    a training loop calling it would get, unchecked otherwise)."""
+    if _first_level(cell) != {"gradient", "loss_and_gradient"}:
+        return []
+    other = cell.gradient(params, batch)
+    found = []
+    for name, tol in tolerances.items():
+        if name not in other or name not in grads:
+            continue
+        a, b = np.asarray(grads[name], np.float64), np.asarray(other[name], np.float64)
+        if a.shape != b.shape:
+            found.append(f"gradient() gives {name} of shape {b.shape}, loss_and_gradient() "
+                         f"{a.shape}")
+            continue
+        bad = ~agree(a, b, tol)
+        if bad.any():
+            i = np.unravel_index(int(np.argmax(bad)), a.shape)
+            found.append(f"gradient() and loss_and_gradient() give different gradients of {name}"
+                         f" ({float(b[i]):.10g} against {float(a[i]):.10g} at "
+                         f"{[int(k) for k in i]}): the check ran loss_and_gradient()")
+    return found
 
 
 # the same inputs must give the same loss; this only forgives reassociation
@@ -450,6 +483,17 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
         if not np.isfinite(first_loss):
             raise CellError(f"loss() gave {first_loss!r} for the given parameters and data: "
                             "gradients are checked where the loss is finite")
+        if "numeric" in oracles and getattr(cell, "truncation", FULL).kind != "full":
+            # truncated, the numeric oracle differentiates a surrogate built from the step
+            # interface; at the checked point it must be the loss itself
+            surrogate, _ = _timed("numeric", lambda: float(numeric_loss(params64)))
+            if not (surrogate == first_loss or agree(surrogate, first_loss,
+                                                      DETERMINISM_TOLERANCE)):
+                defects.append(
+                    f"the step interface and loss() compute different losses: the truncation "
+                    f"surrogate built from step(), output() and readout_loss() gives "
+                    f"{surrogate!r} where loss() gives {first_loss!r} at the same point, and "
+                    "the numeric oracle differentiates the surrogate")
         if numeric_method == "complex" and "numeric" in oracles:
             # a cell may declare supports_complex_step and still not be complex-safe
             tol = resolve_tolerance(np.float64, atol, rtol)
@@ -470,6 +514,9 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                 wider = np.result_type(np.asarray(params[s.name]).dtype,
                                        np.asarray(grads["analytic"][s.name]).dtype)
                 tolerances[s.name] = resolve_tolerance(wider, atol, rtol)
+            second, _ = _timed("analytic", lambda: _second_gradient(
+                cell, native, batch, grads["analytic"], tolerances))
+            defects += second
         again, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch), "loss()"))
         if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
             defects.append(
@@ -553,7 +600,14 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                                   seed=seed if seed is not None else 0,
                                                   analytic=grads["analytic"])
         except DetailsMismatch as exc:
-            result.notes.append(f"not localised by time step: {exc}")
+            # two gradients of the cell's own that disagree: one is wrong, and where not
+            # every element was compared, the check cannot say that it was not the gradient
+            total, compared = _analytic_coverage(result, specs)
+            if compared < total:
+                result.defects.append(f"{exc}, and only {compared} of {total} elements were "
+                                      "compared one by one with the analytic gradient")
+            else:
+                result.notes.append(f"not localised by time step: {exc}")
         _judge_localisation(result, specs)
     truncation = getattr(cell, "truncation", FULL)
     analytic_vs_numeric = [c for c in comparisons if c.oracles == ("analytic", "numeric")]

@@ -287,3 +287,24 @@ def test_kink_flags_allow_for_the_rounding_of_a_large_loss():
     kinked = central_differences(lambda p: float(1e5 + np.sum(np.abs(p["w"]))),
                                  {"w": np.array([0.0, 0.5])})["w"].kinks
     assert kinked.tolist() == [True, False]
+
+
+def test_details_that_disagree_with_a_sampled_gradient_fail_the_check():
+    # gradient() zeroes a column that the sampled elements miss; the inherited
+    # gradient_details() still holds it: with every element compared this is caught
+    # by the comparison, sampled it is caught by the disagreement
+    class ZeroedColumn(GRU):
+        def gradient(self, params, batch):
+            g = super().gradient(params, batch)
+            g["U0"][:, 4] = 0.0
+            return g
+
+    cell = ZeroedColumn(GRUConfig())
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    full = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert not full.passed and "not localised by time step" in full.summary()
+    sampled = check_gradients(cell, params, batch, oracles="analytic,numeric", max_elements=1)
+    assert not sampled.passed
+    assert "gradient_details()'s per-step contributions to U0" in sampled.defects[0]

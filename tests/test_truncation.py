@@ -178,3 +178,23 @@ def test_vectorised_surrogate_still_catches_the_off_by_one_window():
     assert hasattr(loss, "losses")
     result = check_gradients(broken, params, batch, oracles="analytic,numeric")
     assert not result.passed
+
+
+def test_a_step_interface_that_drifts_from_loss_fails_a_truncated_check():
+    # a subclass adds weight decay to loss() alone: truncated, the numeric oracle
+    # differentiates the step interface's surrogate, which never sees the decay, and
+    # agrees with the (undecayed) backward pass; the check must say the two differ
+    class DecayGRU(GRU):
+        def loss(self, params, batch):
+            return super().loss(params, batch) + 1e-2 * float(np.sum(params["U0"] ** 2))
+
+    cell = DecayGRU(GRUConfig(truncate=2, truncation="window"))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 6, 3)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric")
+    assert not result.passed
+    assert result.defects[0].startswith("the step interface and loss() compute different losses")
+    # the reference cell's surrogate is its loss at the point: no such defect
+    plain = GRU(GRUConfig(truncate=2, truncation="window"))
+    assert check_gradients(plain, params, batch, oracles="analytic,numeric").passed

@@ -429,3 +429,35 @@ def test_which_gradient_method_is_the_cells():
     patched = GRU()
     patched.gradient = lambda params, batch: {}               # set on the instance
     assert _gradient_method(patched) == "gradient"
+
+
+def test_a_cell_defining_both_gradient_methods_must_give_one_gradient(capsys, tmp_path):
+    # gradient() is what a training loop calls; loss_and_gradient() a logging helper:
+    # the check runs the latter, and must not pass a wrong gradient() beside it
+    path = user_file(tmp_path, '''
+        import numpy as np
+        from gradcheck import Batch, Case, ParamSpec
+
+        class TanhLayer:
+            def param_specs(self):
+                return [ParamSpec("W", (3, 6))]
+
+            def loss(self, p, b):
+                return float(np.tanh(b.x @ p["W"]).sum())
+
+            def gradient(self, p, b):                # tanh' dropped
+                return {"W": np.einsum("tbd,tbk->dk", b.x, np.ones(b.x.shape[:2] + (6,)))}
+
+            def loss_and_gradient(self, p, b):
+                a = np.tanh(b.x @ p["W"])
+                return float(a.sum()), {"W": np.einsum("tbd,tbk->dk", b.x, 1 - a ** 2)}
+
+        def make_case(seed):
+            rng = np.random.default_rng(seed)
+            params = {"W": rng.normal(size=(3, 6))}
+            batch = Batch(rng.normal(size=(4, 2, 3)), np.zeros((4, 2), int), np.ones((4, 2)))
+            return Case(TanhLayer(), params, batch, seed=seed)
+        ''')
+    code, out, _ = run(capsys, "check", f"{path}:make_case")
+    assert code == EXIT_MISMATCH
+    assert "fail: gradient() and loss_and_gradient() give different gradients of W" in out
