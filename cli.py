@@ -158,7 +158,7 @@ def make_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--layers", type=_positive_int, default=None, metavar="L", help="stacked layers (default 1)")
     sizes.add_argument("--vocab", type=_positive_int, default=None, metavar="V", help="vocabulary size with --embedding (default 7)")
     sizes.add_argument("--classes", type=_class_count, default=None, metavar="C", help="readout classes (default 3)")
-    sizes.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random draw (default 0)")
+    sizes.add_argument("--seed", type=_seed, default=None, metavar="S", help="seed of every random draw (default 0)")
     variant = check.add_argument_group("variant")
     variant.add_argument("--reset", choices=("before", "after"), default=None,
                          help="reset gate before the recurrent matmul (Cho et al.) or after it (cuDNN, torch); default before")
@@ -329,7 +329,11 @@ def _check_file_target(args, checking):
             raise ValueError(f"{name} is not built with a {size} argument: --{size} would have "
                              "no effect on it")
     sizes = _sizes(args)
-    case = case_from_target(target, name=name, **sizes, seed=args.seed)
+    seed = args.seed if args.seed is not None else 0
+    case = case_from_target(target, name=name, **sizes, seed=seed)
+    if args.seed is not None and case.seed is not None and case.seed != args.seed:
+        raise ValueError(f"{name} gives its own seed (Case.seed={case.seed}): --seed {args.seed} "
+                         "would not be used")
     asked = checking["oracles"]
     if asked and "autodiff" in asked and case.symbolic is None:
         raise ValueError(f"--oracles asks for autodiff, but {name} gives no symbolic twin of "
@@ -342,13 +346,13 @@ def _check_file_target(args, checking):
                          f"embedding); {name}'s cell declares none (ParamSpec.rows_indexed_by)")
     result = check_gradients(case.cell, case.params, case.batch, symbolic=case.symbolic,
                              **{**checking, "oracles": asked or case.oracles},
-                             seed=case.seed if case.seed is not None else args.seed,
+                             seed=case.seed if case.seed is not None else seed,
                              cell_info={"name": cell_name(case.cell), "target": args.cell,
                                         **case.info})
     result.command = shlex.join(
         ["gradcheck", "check", args.cell]
         + [arg for size in taken for arg in (f"--{size}", str(sizes[size]))]
-        + ["--seed", str(args.seed)]
+        + ["--seed", str(case.seed if case.seed is not None else seed)]
         + checking_options(**{**checking, "oracles": asked or ORACLES}, embedding=True))
     return result
 
@@ -380,7 +384,7 @@ def _checked(args, checking):
         raise ValueError("--truncation applies with --truncate K only (full BPTT has no window)")
     _refuse_unread(args, checking["oracles"] or ORACLES)
     return check_builtin(
-        args.cell, **_sizes(args), seed=args.seed,
+        args.cell, **_sizes(args), seed=args.seed if args.seed is not None else 0,
         mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",
         **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
 

@@ -551,7 +551,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
 
     forward_ok = True
     if "symbolic" in losses:
-        forward_ok = bool(agree(losses["numpy"], losses["symbolic"], FORWARD_TOLERANCE))
+        forward_ok = bool(agree(losses["numpy"], losses["symbolic"],
+                                _forward_tolerance(params.values())))
 
     comparisons = []
     for spec in specs:
@@ -639,6 +640,16 @@ def _judge_localisation(result, specs) -> None:
         result.notes.append("every element agrees, but localisation finds per-step "
                             "contributions that disagree (gradient_details() splits the "
                             f"gradient over the steps otherwise): {result.localisation.sentence()}")
+
+
+def _forward_tolerance(values) -> Tolerance:
+    """How close the NumPy and symbolic losses must be: FORWARD_TOLERANCE, or 100 eps of
+    the narrowest parameter dtype where that is looser (a float32 cell's loss is
+    float32's, while the symbolic twin computes in float64)."""
+    dtypes = [np.asarray(v).dtype for v in values]
+    eps = max((float(np.finfo(d).eps) for d in dtypes if np.issubdtype(d, np.floating)),
+              default=0.0)
+    return Tolerance(FORWARD_TOLERANCE.atol, max(FORWARD_TOLERANCE.rtol, 100 * eps))
 
 
 def _analytic_coverage(result, specs) -> tuple[int, int]:

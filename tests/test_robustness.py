@@ -287,3 +287,45 @@ def test_one_step_says_why_the_recurrent_gradient_is_zero():
     assert "one step only: a recurrent weight multiplies nothing but the zero initial state" in note
     longer = check_gradients(*case(steps=2), oracles="analytic,numeric")
     assert not any("exactly zero" in n for n in longer.notes)
+
+
+def test_a_float32_cell_s_loss_is_compared_with_its_float64_twin_at_float32_s_precision():
+    from gradcheck import ParamSpec
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 4, 6))
+    params = {"W": (rng.normal(size=(6, 8)) * 0.5).astype(np.float32)}
+
+    class Cell:
+        """Forward and backward in the parameters' dtype, float32."""
+        def param_specs(self):
+            return [ParamSpec("W", (6, 8))]
+
+        def loss(self, p, batch):
+            return np.tanh(batch.x.astype(p["W"].dtype) @ p["W"]).sum()
+
+        def gradient(self, p, batch):
+            xs = batch.x.astype(p["W"].dtype)
+            a = np.tanh(xs @ p["W"])
+            return {"W": np.einsum("tbd,tbk->dk", xs, 1 - a ** 2)}
+
+    class Twin(Cell):
+        """The same function in float64."""
+        def loss(self, p, batch):
+            return float(np.tanh(batch.x @ np.asarray(p["W"], np.float64)).sum())
+
+        def gradient(self, p, batch):
+            a = np.tanh(batch.x @ np.asarray(p["W"], np.float64))
+            return {"W": np.einsum("tbd,tbk->dk", batch.x, 1 - a ** 2)}
+
+    batch = Batch(x, np.zeros((5, 4), int), np.ones((5, 4)))
+    result = check_gradients(Cell(), params, batch, symbolic=Twin())
+    assert result.forward_ok and result.passed, result.summary()
+    # in float64 the same twin must match to 1e-9: a loss off by 1e-7 is a disagreement
+    params64 = {"W": params["W"].astype(np.float64)}
+
+    class Off(Twin):
+        def loss(self, p, batch):
+            return super().loss(p, batch) * (1 + 1e-7)
+
+    assert not check_gradients(Twin(), params64, batch, symbolic=Off()).forward_ok

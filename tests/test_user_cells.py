@@ -461,3 +461,20 @@ def test_a_cell_defining_both_gradient_methods_must_give_one_gradient(capsys, tm
     code, out, _ = run(capsys, "check", f"{path}:make_case")
     assert code == EXIT_MISMATCH
     assert "fail: gradient() and loss_and_gradient() give different gradients of W" in out
+
+
+def test_a_seed_the_case_does_not_use_is_refused(capsys, tmp_path):
+    path = user_file(tmp_path, '''
+        import numpy as np
+        from cells.gru import GRU
+        from gradcheck import Case
+
+        _cell = GRU()
+        _rng = np.random.default_rng(0)
+        case = Case(_cell, _cell.init_params(_rng), _cell.sample_batch(_rng, 4, 2), seed=0)
+        ''')
+    code, _, err = run(capsys, "check", f"{path}:case", "--seed", "5")
+    assert code == EXIT_USAGE
+    assert "case gives its own seed (Case.seed=0): --seed 5 would not be used" in err
+    code, out, _ = run(capsys, "check", f"{path}:case", "--oracles", "analytic,numeric")
+    assert code == EXIT_PASS and "seed=0; reproduce:" in out and "--seed 0" in out
