@@ -36,7 +36,7 @@ from gradcheck.truncation import FULL, Truncation, surrogate_loss
 from gradcheck.user_cells import UserCodeError, check_gradient_dtypes
 
 __all__ = ["ORACLES", "CellError", "CheckCannotFail", "CheckResult", "check_gradients", "diagnose_truncation", "odd_one_out",
-           "parse_oracles"]
+           "parse_oracles", "json_ready"]
 
 ORACLES = ("analytic", "numeric", "autodiff")
 # NumPy and symbolic forward passes compute the same function to rounding
