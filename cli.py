@@ -314,7 +314,7 @@ def _check_file_target(args, checking):
     from gradcheck.check import ORACLES, check_gradients
     from gradcheck.loader import case_from_target, load_target, sizes_taken
     from gradcheck.runner import checking_options
-    from gradcheck.user_cells import cell_name
+    from gradcheck.user_cells import Case, cell_name
 
     given = _given(args, list(CONFIG_OPTIONS) + list(BUILTIN_ONLY))
     if given:
@@ -331,9 +331,13 @@ def _check_file_target(args, checking):
     sizes = _sizes(args)
     seed = args.seed if args.seed is not None else 0
     case = case_from_target(target, name=name, **sizes, seed=seed)
-    if args.seed is not None and case.seed is not None and case.seed != args.seed:
-        raise ValueError(f"{name} gives its own seed (Case.seed={case.seed}): --seed {args.seed} "
-                         "would not be used")
+    # a Case defined in the file is drawn already: --seed reaches nothing of it (a
+    # make_case, a model or a layer is built from the seed, whatever seed its Case records)
+    takes_seed = not isinstance(target, Case)
+    if args.seed is not None and not takes_seed and case.seed is not None \
+            and case.seed != args.seed:
+        raise ValueError(f"{name} is a Case with its own seed (Case.seed={case.seed}): "
+                         f"--seed {args.seed} would not be used")
     asked = checking["oracles"]
     if asked and "autodiff" in asked and case.symbolic is None:
         raise ValueError(f"--oracles asks for autodiff, but {name} gives no symbolic twin of "
@@ -352,7 +356,7 @@ def _check_file_target(args, checking):
     result.command = shlex.join(
         ["gradcheck", "check", args.cell]
         + [arg for size in taken for arg in (f"--{size}", str(sizes[size]))]
-        + ["--seed", str(case.seed if case.seed is not None else seed)]
+        + (["--seed", str(seed)] if takes_seed else [])
         + checking_options(**{**checking, "oracles": asked or ORACLES}, embedding=True))
     return result
 

@@ -39,7 +39,15 @@ __all__ = ["Localisation", "DetailsMismatch", "localise", "format_steps"]
 
 class DetailsMismatch(ValueError):
     """``gradient_details`` does not describe the gradient that was checked (the message
-    says where): localising by its per-step contributions would describe another one."""
+    says where): localising by its per-step contributions would describe another one.
+
+    where: ``{name: boolean mask}`` of the elements where the two differ (empty when
+        the shapes differ).
+    """
+
+    def __init__(self, message: str, where: dict | None = None):
+        super().__init__(message)
+        self.where = where or {}
 
 
 @dataclass
@@ -173,7 +181,7 @@ def _check_details(steps, analytic, tolerances) -> None:
                 f"gradient_details()'s per-step contributions to {name} sum to "
                 f"{float(total[worst]):.9g} at {[int(i) for i in worst]}, where the gradient "
                 f"checked is {float(want[worst]):.9g} (is gradient() overridden without "
-                "gradient_details()?)")
+                "gradient_details()?)", where={name: bad})
 
 
 def _nested(a):

@@ -91,19 +91,21 @@ def checking_options(*, oracles, atol=None, rtol=None, mode="exact", numeric_met
                      directions=2, max_elements=None, embedding_sample=EMBEDDING_SAMPLE,
                      embedding=False) -> list[str]:
     """The CLI options, beyond the cell and its sizes, that repeat how a check was run
-    (those left at their defaults are omitted)."""
+    (those left at their defaults are omitted, and so are those the check did not read,
+    which the CLI would refuse: the numeric oracle's without it)."""
     args = []
     if tuple(oracles) != ORACLES:
         args += ["--oracles", ",".join(oracles)]
-    if mode != "exact":
+    numeric = "numeric" in oracles
+    if mode != "exact" and numeric:
         args += ["--mode", mode]
         if directions != 2:
             args += ["--directions", str(directions)]
-    if numeric_method != "batched":
+    if numeric_method != "batched" and numeric:
         args += ["--numeric", numeric_method]
-    if max_elements is not None:
+    if max_elements is not None and numeric:
         args += ["--max-elements", str(max_elements)]
-    if embedding and embedding_sample != EMBEDDING_SAMPLE:
+    if embedding and embedding_sample != EMBEDDING_SAMPLE and numeric:
         args += ["--embedding-sample", "all" if embedding_sample is None else str(embedding_sample)]
     for opt, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not isinstance(value, dict):
@@ -119,6 +121,9 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, mask="none", bu
     args = ["gradcheck", "check", name, "--steps", str(steps), "--batch", str(batch),
             "--seed", str(seed)]
     for key, value in config.items():
+        if (key == "vocab" and not config.get("embedding")) or (
+                key == "truncation" and config.get("truncate", -1) == -1):
+            continue                    # not read by this configuration: the CLI refuses them
         opt = flag.get(key, "--" + key.replace("_", "-"))
         if isinstance(value, bool):
             if value:
@@ -129,7 +134,7 @@ def reproduce_command(name, config: dict, *, steps, batch, seed, mask="none", bu
         args += ["--mask", mask]
     if bug is not None:
         args += ["--bug", bug]
-    if backend != "pytensor":
+    if backend != "pytensor" and "autodiff" in checking.get("oracles", ORACLES):
         args += ["--backend", backend]
     args += checking_options(embedding=bool(config.get("embedding")), **checking)
     return shlex.join(args)

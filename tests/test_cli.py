@@ -351,3 +351,20 @@ def test_usage_errors_name_what_to_change(capsys, monkeypatch, argv, says):
     except SystemExit as stop:                  # argparse's own refusals exit from parse_args
         code = stop.code
     assert code == EXIT_USAGE and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "gru", "--oracles", "analytic,numeric"],
+    ["check", "gru", "--embedding", "--truncate", "2", "--truncation", "tail",
+     "--max-elements", "3", "--oracles", "analytic,numeric"],
+    ["check", "lstm", "--mode", "fast", "--oracles", "analytic,numeric", "--mask", "random"],
+    ["check", "gru", "--bug", "reset-gate-derivative", "--oracles", "analytic,numeric"],
+])
+def test_the_reproduce_line_runs_and_gives_the_same_verdict(capsys, argv):
+    import shlex
+    code, out, _ = run(capsys, *argv)
+    line = next(x for x in out.splitlines() if "; reproduce: " in x).split("; reproduce: ")[1]
+    again, out_again, err = run(capsys, *shlex.split(line)[1:])
+    assert again == code, err
+    summary = [x for x in out.splitlines() if x.startswith(("pass:", "fail:"))]
+    assert summary == [x for x in out_again.splitlines() if x.startswith(("pass:", "fail:"))]

@@ -308,3 +308,27 @@ def test_details_that_disagree_with_a_sampled_gradient_fail_the_check():
     sampled = check_gradients(cell, params, batch, oracles="analytic,numeric", max_elements=1)
     assert not sampled.passed
     assert "gradient_details()'s per-step contributions to U0" in sampled.defects[0]
+
+
+@pytest.mark.parametrize("how", [dict(mode="fast"), dict(max_elements=1)])
+def test_details_that_miss_a_right_term_leave_a_sampled_check_passing(how):
+    # weight decay added to the loss and to the gradient, right, with gradient_details()
+    # inherited (it misses the decay): the numeric oracle, asked where the two differ,
+    # sides with the gradient; a note, not a failure
+    class Decayed(GRU):
+        def loss(self, params, batch):
+            return super().loss(params, batch) + 0.05 * float(np.sum(params["W0"] ** 2))
+
+        def loss_and_gradient(self, params, batch):
+            loss, grads = super().loss_and_gradient(params, batch)
+            grads["W0"] = grads["W0"] + 0.1 * params["W0"]
+            return loss + 0.05 * float(np.sum(params["W0"] ** 2)), grads
+
+    cell = Decayed(GRUConfig())
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric", **how)
+    assert result.passed, result.summary()
+    assert any(n.startswith("not localised by time step: gradient_details()'s per-step "
+                            "contributions to W0") for n in result.notes)
