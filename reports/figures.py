@@ -30,7 +30,10 @@ def _pyplot():
 def _to_uri(fig) -> str:
     plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    # NaN cells (a NaN gradient) are drawn in the colour map's "bad" colour; the colour
+    # normalisation's invalid-value warning about them says nothing to the reader
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
