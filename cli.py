@@ -356,7 +356,10 @@ def _check_file_target(args, checking):
     result.command = shlex.join(
         ["gradcheck", "check", args.cell]
         + [arg for size in taken for arg in (f"--{size}", str(sizes[size]))]
-        + (["--seed", str(seed)] if takes_seed else [])
+        # a Case without a seed of its own takes the check's seed too
+        + (["--seed", str(seed)] if takes_seed or case.seed is None else [])
+        # the oracles asked for, all three included: else the line would take the Case's
+        + (["--oracles", ",".join(ORACLES)] if asked and tuple(asked) == ORACLES else [])
         + checking_options(**{**checking, "oracles": asked or ORACLES}, embedding=True))
     return result
 

@@ -163,7 +163,9 @@ class Localisation:
 
 def _check_details(steps, analytic, tolerances) -> None:
     """DetailsMismatch naming the first parameter whose per-step contributions
-    (``{name: (T, *shape)}``) do not sum to the analytic gradient ``analytic[name]``."""
+    (``{name: (T, *shape)}``) do not sum to the analytic gradient ``analytic[name]``,
+    with the elements where they differ in every such parameter (``where``)."""
+    where, first = {}, None
     for name, per_step in steps.items():
         if name not in analytic or name not in tolerances:
             continue
@@ -175,13 +177,16 @@ def _check_details(steps, analytic, tolerances) -> None:
         # at least rounding's slack: the steps' shares are summed in another order
         bad = ~agree(total, want, Tolerance(max(tol.atol, 1e-12), max(tol.rtol, 1e-9)))
         if bad.any():
-            worst = np.unravel_index(int(np.argmax(np.where(bad, np.abs(total - want), -1.0))),
-                                     want.shape)
-            raise DetailsMismatch(
-                f"gradient_details()'s per-step contributions to {name} sum to "
-                f"{float(total[worst]):.9g} at {[int(i) for i in worst]}, where the gradient "
-                f"checked is {float(want[worst]):.9g} (is gradient() overridden without "
-                "gradient_details()?)", where={name: bad})
+            where[name] = bad
+            if first is None:
+                worst = np.unravel_index(
+                    int(np.argmax(np.where(bad, np.abs(total - want), -1.0))), want.shape)
+                first = (f"gradient_details()'s per-step contributions to {name} sum to "
+                         f"{float(total[worst]):.9g} at {[int(i) for i in worst]}, where the "
+                         f"gradient checked is {float(want[worst]):.9g} (is gradient() "
+                         "overridden without gradient_details()?)")
+    if first is not None:
+        raise DetailsMismatch(first, where=where)
 
 
 def _nested(a):

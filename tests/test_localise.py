@@ -310,21 +310,24 @@ def test_details_that_disagree_with_a_sampled_gradient_fail_the_check():
     assert "gradient_details()'s per-step contributions to U0" in sampled.defects[0]
 
 
+class _Decayed(GRU):
+    """Weight decay on W0 added to the loss and to the gradient, right; gradient_details()
+    inherited, so it misses the decay."""
+
+    def loss(self, params, batch):
+        return super().loss(params, batch) + 0.05 * float(np.sum(params["W0"] ** 2))
+
+    def loss_and_gradient(self, params, batch):
+        loss, grads = super().loss_and_gradient(params, batch)
+        grads["W0"] = grads["W0"] + 0.1 * params["W0"]
+        return loss + 0.05 * float(np.sum(params["W0"] ** 2)), grads
+
+
 @pytest.mark.parametrize("how", [dict(mode="fast"), dict(max_elements=1)])
 def test_details_that_miss_a_right_term_leave_a_sampled_check_passing(how):
-    # weight decay added to the loss and to the gradient, right, with gradient_details()
-    # inherited (it misses the decay): the numeric oracle, asked where the two differ,
-    # sides with the gradient; a note, not a failure
-    class Decayed(GRU):
-        def loss(self, params, batch):
-            return super().loss(params, batch) + 0.05 * float(np.sum(params["W0"] ** 2))
-
-        def loss_and_gradient(self, params, batch):
-            loss, grads = super().loss_and_gradient(params, batch)
-            grads["W0"] = grads["W0"] + 0.1 * params["W0"]
-            return loss + 0.05 * float(np.sum(params["W0"] ** 2)), grads
-
-    cell = Decayed(GRUConfig())
+    # the numeric oracle, asked where the gradient and the details differ, sides with
+    # the gradient; a note, not a failure
+    cell = _Decayed(GRUConfig())
     rng = np.random.default_rng(0)
     params = cell.init_params(rng)
     batch = cell.sample_batch(rng, 5, 3)
@@ -332,3 +335,22 @@ def test_details_that_miss_a_right_term_leave_a_sampled_check_passing(how):
     assert result.passed, result.summary()
     assert any(n.startswith("not localised by time step: gradient_details()'s per-step "
                             "contributions to W0") for n in result.notes)
+
+
+def test_a_right_term_in_one_parameter_does_not_hide_a_wrong_one_in_another():
+    # W0 has a right decay term the inherited details miss; U0 a zeroed column: the
+    # numeric oracle must be asked about both parameters where the details differ
+    class DecayedAndWrongU(_Decayed):
+        def loss_and_gradient(self, params, batch):
+            loss, grads = super().loss_and_gradient(params, batch)
+            grads["U0"][:, 0] = 0.0
+            return loss, grads
+
+    cell = DecayedAndWrongU(GRUConfig())
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    for how in (dict(max_elements=1), dict(max_elements=1, mode="fast")):
+        result = check_gradients(cell, params, batch, oracles="analytic,numeric", **how)
+        assert not result.passed, how
+        assert "there the numeric oracle sides with gradient_details(): U0[" in result.summary()

@@ -478,3 +478,35 @@ def test_a_seed_the_case_does_not_use_is_refused(capsys, tmp_path):
     assert "case is a Case with its own seed (Case.seed=0): --seed 5 would not be used" in err
     code, out, _ = run(capsys, "check", f"{path}:case", "--oracles", "analytic,numeric")
     assert code == EXIT_PASS and "seed=0; reproduce:" in out and "--seed" not in out.split("reproduce:")[1]
+
+
+def test_a_file_target_s_reproduce_line_repeats_its_seed_and_oracles(capsys, tmp_path):
+    import shlex
+    path = user_file(tmp_path, '''
+        import numpy as np
+        from cells.gru import GRU, GRUConfig
+        from cells.gru_symbolic import SymbolicGRU
+        from gradcheck import Case
+
+        _cell = GRU()
+        _rng = np.random.default_rng(0)
+        case = Case(_cell, _cell.init_params(_rng), _cell.sample_batch(_rng, 4, 2))
+
+        def make_case(seed):
+            cell = GRU(GRUConfig())
+            rng = np.random.default_rng(seed)
+            return Case(cell, cell.init_params(rng), cell.sample_batch(rng, 4, 2), seed=seed,
+                        symbolic=SymbolicGRU(cell.config), oracles=("analytic", "numeric"))
+        ''')
+    lines = []
+    for argv in ([f"{path}:case", "--seed", "3", "--max-elements", "4"],
+                 [f"{path}:make_case", "--oracles", "analytic,numeric,autodiff"]):
+        code, out, _ = run(capsys, "check", *argv)
+        lines.append(out.split("; reproduce: ")[1].strip())
+        again, out_again, err = run(capsys, *shlex.split(lines[-1])[1:])
+        assert again == code, err
+        verdict = [x for x in out.splitlines() if x.startswith(("pass:", "fail:"))]
+        assert verdict == [x for x in out_again.splitlines() if x.startswith(("pass:", "fail:"))]
+    # a Case with no seed of its own takes --seed; all three oracles asked for are named
+    assert "--seed 3" in lines[0]
+    assert "--oracles analytic,numeric,autodiff" in lines[1]
