@@ -36,7 +36,6 @@ from cells import workspace
 from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, validate_config
 from gradcheck.batch import Batch
-from gradcheck.params import ParamSpec
 
 __all__ = ["LSTMConfig", "LSTM", "READOUTS"]
 

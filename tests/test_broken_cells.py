@@ -1,6 +1,5 @@
 """The harness must fail on wrong gradients: three kinds of real derivation bugs."""
 
-import numpy as np
 import pytest
 
 from cells.zoo.gru_bugs import (ElementwiseProductGRU, ResetGateMissingDerivativeGRU,

@@ -9,7 +9,6 @@ from cells.lstm import LSTM, LSTMConfig
 from gradcheck import check_gradients
 from gradcheck.localise import _numeric, _numeric_batched, format_steps, localise
 from gradcheck.truncation import step_states
-from gradcheck.masks import make_mask
 from gradcheck.tolerance import resolve_tolerance
 
 
