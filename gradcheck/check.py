@@ -14,14 +14,13 @@ one oracle fail, while the third pair agrees, names that oracle the odd one out.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
 
-from gradcheck.compare import Comparison, compare_gradients
+from gradcheck.compare import Comparison, _json_float, compare_gradients
 from gradcheck.directional import directional_check
 from gradcheck.finite_differences import (ComplexStepError, central_differences,
                                           complex_step_disagreement, complex_step_refusal,
@@ -229,7 +228,7 @@ class CheckResult:
 def json_ready(value):
     """``value`` with every non-finite float, in its dicts and lists, as its string."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        return _json_float(value)
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -292,28 +291,31 @@ def _first_level(cell) -> set:
     return set()
 
 
-def _second_gradient(cell, params, batch, grads, tolerances) -> list[str]:
+def _second_gradient(cell, params, batch, grads, specs, tolerances) -> list[str]:
     """Where the cell defines gradient and loss_and_gradient side by side, the check runs
     the latter; the sentences naming where ``gradient()`` gives another gradient (what
-    a training loop calling it would get, unchecked otherwise)."""
+    a training loop calling it would get, unchecked otherwise).  A ``gradient`` marked
+    ``gradcheck_derived`` returns loss_and_gradient()'s by construction (the reference
+    cells'): it is not run a second time."""
     if _first_level(cell) != {"gradient", "loss_and_gradient"}:
+        return []
+    if getattr(getattr(cell, "_gradcheck_cell", cell).gradient, "gradcheck_derived", False):
         return []
     other = cell.gradient(params, batch)
     found = []
-    for name, tol in tolerances.items():
-        if name not in other or name not in grads:
+    for spec in specs:
+        if spec.name not in other or spec.name not in grads:
             continue
-        a, b = np.asarray(grads[name], np.float64), np.asarray(other[name], np.float64)
-        if a.shape != b.shape:
-            found.append(f"gradient() gives {name} of shape {b.shape}, loss_and_gradient() "
-                         f"{a.shape}")
+        if np.shape(other[spec.name]) != np.shape(grads[spec.name]):
+            found.append(f"gradient() gives {spec.name} of shape {np.shape(other[spec.name])}, "
+                         f"loss_and_gradient() {np.shape(grads[spec.name])}")
             continue
-        bad = ~agree(a, b, tol)
-        if bad.any():
-            i = np.unravel_index(int(np.argmax(bad)), a.shape)
-            found.append(f"gradient() and loss_and_gradient() give different gradients of {name}"
-                         f" ({float(b[i]):.10g} against {float(a[i]):.10g} at "
-                         f"{[int(k) for k in i]}): the check ran loss_and_gradient()")
+        comp = compare_gradients(spec, ("loss_and_gradient()", "gradient()"), grads[spec.name],
+                                 other[spec.name], tolerances[spec.name])
+        if not comp.passed:
+            found.append(f"gradient() and loss_and_gradient() give different gradients of "
+                         f"{spec.name} (worst: {comp.describe_worst()}): the check ran "
+                         "loss_and_gradient()")
     return found
 
 
@@ -513,7 +515,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                        np.asarray(grads["analytic"][s.name]).dtype)
                 tolerances[s.name] = resolve_tolerance(wider, atol, rtol)
             second, _ = _timed("analytic", lambda: _second_gradient(
-                cell, native, batch, grads["analytic"], tolerances))
+                cell, native, batch, grads["analytic"], specs, tolerances))
             defects += second
         again, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch), "loss()"))
         if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
@@ -605,8 +607,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             wrong = []
             if compared < total and exc.where:
                 wrong = _judge_where_details_differ(cell, params64, batch, grads["analytic"],
-                                                    exc.where, tolerances, numeric_method,
-                                                    numeric_loss)
+                                                    exc.where, specs, tolerances,
+                                                    numeric_method, numeric_loss)
             if wrong:
                 result.defects.append(f"{exc}; there the numeric oracle sides with "
                                       f"gradient_details(): {wrong[0]}")
@@ -657,21 +659,21 @@ def _forward_tolerance(values) -> Tolerance:
     return Tolerance(FORWARD_TOLERANCE.atol, max(FORWARD_TOLERANCE.rtol, 100 * eps))
 
 
-def _judge_where_details_differ(cell, params64, batch, analytic, where, tolerances, method,
-                                loss) -> list[str]:
+def _judge_where_details_differ(cell, params64, batch, analytic, where, specs, tolerances,
+                                method, loss) -> list[str]:
     """The analytic gradient against the numeric oracle on the elements ``where``
-    (``{name: mask}``) gradient_details() disagrees with it; what disagrees, worst first."""
+    (``{name: mask}``) gradient_details() disagrees with it; the worst disagreement of
+    each parameter where they disagree."""
     numeric = numeric_gradient(cell, params64, batch, list(where), elements=where, loss=loss,
                                method="batched" if method == "complex" else method)
     found = []
-    for name, mask in where.items():
-        a = np.asarray(analytic[name], np.float64)[mask]
-        n = numeric[name].value[mask]
-        bad = ~agree(a, n, tolerances[name]) & ~numeric[name].kinks[mask]
-        if bad.any():
-            k = int(np.argmax(np.where(bad, np.abs(a - n), -1.0)))
-            index = [int(i) for i in np.argwhere(mask)[k]]
-            found.append(f"{name}{index}: analytic = {a[k]:.10g}, numeric = {n[k]:.10g}")
+    for spec in specs:
+        if spec.name in where:
+            comp = compare_gradients(spec, ("analytic", "numeric"), analytic[spec.name],
+                                     numeric[spec.name].value, tolerances[spec.name],
+                                     numeric[spec.name].kinks, where=where[spec.name])
+            if not comp.passed:
+                found.append(comp.describe_worst())
     return found
 
 

@@ -65,6 +65,7 @@ __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "Comple
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
            "complex_step", "batched_complex_step", "complex_step_refusal",
            "complex_step_disagreement", "numeric_gradient", "unflag_curvature", "is_curve",
+           "curve_central",
            "numeric_loss", "probe_chunk", "probe_workers", "step_size_curve"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
@@ -441,11 +442,11 @@ def complex_step_disagreement(loss, params, *, directions: int = 3,
         v = {name: rng.standard_normal(np.shape(t)) for name, t in theta.items()}
         norm = np.sqrt(sum(float(np.sum(d * d)) for d in v.values())) or 1.0
         along = lambda s: {n: theta[n] + s * (v[n] / norm) for n in theta}   # noqa: E731
-        moved = loss(along(1j * COMPLEX_STEP))
-        if not np.iscomplexobj(moved):
-            return ("the loss returned a real number for complex parameters: it is not "
-                    "complex-safe (a float() or a real buffer drops the imaginary part)")
-        complex_step = float(np.imag(moved)) / COMPLEX_STEP
+        try:
+            complex_step = float(_imaginary(loss(along(1j * COMPLEX_STEP)), "the loss"))
+        except ComplexStepError as exc:
+            return str(exc)
+        complex_step /= COMPLEX_STEP
         central = [(float(np.real(loss(along(s)))) - float(np.real(loss(along(-s))))) / (2 * s)
                    for s in (e, e / 2)]
         bound = 10 * abs(central[0] - central[1]) + 1e-9 * (1 + abs(central[0]) + f0)
@@ -640,18 +641,34 @@ def unflag_curvature(loss, params, found, *, scale: float = STEP_SCALE):
         steps = element_steps(flat, scale)
         for i in flagged:
             old, h = flat[i], steps[i]
-            gaps, centrals = [], []
-            for s in (h, (old + h / 2) - old):          # the half step, exact in theta_i + s
+
+            def moved(s, i=i, old=old):
                 flat[i] = old + s
-                f_plus = float(loss(work))
-                flat[i] = old - s
-                f_minus = float(loss(work))
+                value = float(loss(work))
                 flat[i] = old
-                gaps.append((f_plus - 2.0 * f0 + f_minus) / s)
-                centrals.append((f_plus - f_minus) / (2.0 * s))
-            if is_curve(gaps, centrals):
+                return value
+
+            # the half step rounded so that theta_i + s is exact
+            if curve_central(moved, f0, (h, (old + h / 2) - old)) is not None:
                 got.kinks.flat[i] = False
     return found
+
+
+def curve_central(f, f0, steps, ends=None):
+    """C(h) of f(s) = L(theta + s v) where its one-sided differences disagree as on a
+    smooth curve (``is_curve``), None where they disagree as at a kink.
+
+    f: the loss along the move, f(0) = f0.
+    steps: ``(h, h2)``, the step and (about) half of it.
+    ends: ``(f(h), f(-h))`` when they are evaluated already.
+    """
+    h, h2 = steps
+    f_plus, f_minus = ends if ends is not None else (f(h), f(-h))
+    half = (f(h2), f(-h2))
+    # D(s) = (f(s) - 2 f0 + f(-s)) / s,  C(s) = (f(s) - f(-s)) / 2s
+    gaps = [(f_plus - 2.0 * f0 + f_minus) / h, (half[0] - 2.0 * f0 + half[1]) / h2]
+    centrals = [(f_plus - f_minus) / (2.0 * h), (half[0] - half[1]) / (2.0 * h2)]
+    return centrals[0] if is_curve(gaps, centrals) else None
 
 
 def is_curve(gaps, centrals) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck.finite_differences import STEP_SCALE, _chunks, _kinks, _stack_limit, is_curve
+from gradcheck.finite_differences import STEP_SCALE, _chunks, _kinks, _stack_limit, curve_central
 from gradcheck.params import ParamSpec
 from gradcheck.tolerance import Tolerance, agree
 from gradcheck.truncation import run_steps, step_states
@@ -241,16 +241,12 @@ def _excess(a, n, tol: Tolerance) -> float:
 def _directional(f, f0, eps=STEP_SCALE):
     """f'(0) ~ (f(e) - f(-e)) / 2e, or NaN where the move crosses a kink (a hard sigmoid):
     such a direction is not judged.  One-sided differences that disagree are tried
-    again at e / 2: a curve's gap halves (``is_curve``), a kink's does not."""
+    again at e / 2: a curve's gap halves (``curve_central``), a kink's does not."""
     f_plus, f_minus = f(eps), f(-eps)
     value = _difference(f_plus, f_minus, f0, eps)
     if np.isnan(value):
-        half = (f(eps / 2), f(-eps / 2))
-        gaps = [(fp - 2.0 * f0 + fm) / s for fp, fm, s in ((f_plus, f_minus, eps),
-                                                           (*half, eps / 2))]
-        centrals = [(f_plus - f_minus) / (2.0 * eps), (half[0] - half[1]) / eps]
-        if is_curve(gaps, centrals):
-            value = centrals[0]
+        curve = curve_central(f, f0, (eps, eps / 2), ends=(f_plus, f_minus))
+        value = np.nan if curve is None else curve
     return value
 
 

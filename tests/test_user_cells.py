@@ -510,3 +510,20 @@ def test_a_file_target_s_reproduce_line_repeats_its_seed_and_oracles(capsys, tmp
     # a Case with no seed of its own takes --seed; all three oracles asked for are named
     assert "--seed 3" in lines[0]
     assert "--oracles analytic,numeric,autodiff" in lines[1]
+
+
+def test_the_reference_cell_s_gradient_is_not_run_twice(monkeypatch):
+    # its gradient() is loss_and_gradient()'s by construction (marked gradcheck_derived):
+    # the check compares a cell's two methods only where they can differ
+    from cells.gru import GRU
+    from cells.stacked import StackedCell
+    cell = GRU()
+    rng = np.random.default_rng(0)
+    params, batch = cell.init_params(rng), cell.sample_batch(rng, 4, 2)
+    calls = []
+    original = StackedCell._backprop
+    monkeypatch.setattr(StackedCell, "_backprop", lambda self, p, b, record: calls.append(
+        record is None) or original(self, p, b, record))
+    assert check_gradients(cell, params, batch, oracles="analytic,numeric",
+                           localise=False).passed
+    assert calls == [True]                          # one backward pass: loss_and_gradient's
