@@ -44,9 +44,10 @@ __all__ = ["GRUConfig", "GRU", "RESETS", "UPDATES", "READOUTS"]
 RESETS = ("before", "after")
 UPDATES = ("old", "new")
 GATE_BLOCKS = ("r", "z", "h")
-# the backward pass computes the gate slopes of all steps at once when the steps'
-# gates take at most this many bytes (else step by step, in cache)
-HOIST_BYTES = 1 << 20
+# the backward pass runs as a linear recursion, its coefficients computed for all steps
+# at once, when the steps' gates take at most this many bytes (else rule by rule, step
+# by step, in cache)
+LINEAR_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -177,29 +178,30 @@ class GRU(StackedCell):
         return [("a_rz", 2 * H, self.config.gate != "sigmoid"), ("rz", 2 * H, True),
                 ("n", H, True), ("q", H, self.config.reset == "after")]
 
-    def _layer_step_backward(self, l, params, dh, h, step_cache, grads=None, out=None,
-                             slopes=None):
-        """BPTT of one step: dL/dh_t -> (dL/dh_{t-1}, dL/dxp_t).
+    def _layer_step_backward(self, l, params, dh, h, step_cache, mt, out):
+        """BPTT of one step, rule by rule: dL/dh_t -> dL/dh_{t-1}.
 
-        out: None, or ``(da, dq)``, (B, 3H) arrays (rows of the layer's arrays) to write
-            dL/dxp_t and, for reset "after", dL/d(h_{t-1} U) = [da_r | da_z | r da_h] into.
-        slopes: None, or this step's ``_step_slopes`` (computed for every step at once
-            by ``_backward_layers``, outside the time loop).
+        dh: the total dL/dh_t (B, H); h: h_{t-1}; step_cache: ``_layer_step``'s.
+        mt: the step's mask (B, 1) as ``_backward_mask`` gives it, or None (all on).
+        out: ``(da, dq)``, the step's (B, 3H) rows to write dL/dxp_t and, for reset
+            "after", dL/d(h_{t-1} U) = [da_r | da_z | r da_h] into (dq None for "before").
 
-        The gradients of U (and bn) are not formed here, step by step, but by
-        ``_recurrent_grads`` from dL/dxp_t of all steps at once.  ``grads`` is
-        not used (it stays for subclasses that wrap this method).
+        Large layers run this step by step.  Small ones run the same chain rule as a
+        linear recursion (``_step_coefficients``, ``_linear_step_backward``): fewer
+        NumPy calls a step, the same gradient to rounding (a test holds them to it).
+        The gradients of U (and bn) are formed by ``_recurrent_grads`` from dL/dxp_t
+        of all steps at once.
         """
         H = self.config.hidden_size
         U = params[f"U{l}"]
-        a_rz, rz, n, q, mt = step_cache
+        a_rz, rz, n, q, _ = step_cache
         r, z = rz[:, :H], rz[:, H:]
-        da, dq = out or (np.empty(np.shape(dh)[:-1] + (3 * H,)), None)
+        da, dq = out
         # h_t = m h'_t + (1 - m) h_{t-1};  mt None: every sequence on, h_t = h'_t
         dh_new = dh if mt is None else mt * dh
         # h'_t = (1 - k) n + k h_{t-1},  k = z (update "old") or 1 - z (update "new")
         k = z if self.config.update == "old" else 1.0 - z
-        gp, tg, h_minus_n = slopes if slopes is not None else self._step_slopes(a_rz, rz, n, h)
+        gp, tg, h_minus_n = self._step_slopes(a_rz, rz, n, h)
         dh_prev = dh_new * k
         dn = dh_new - dh_prev                                   # dh_new (1 - k)
         if mt is not None:
@@ -217,18 +219,106 @@ class GRU(StackedCell):
             dh_prev += da[:, :2 * H] @ U[:, :2 * H].T
         else:
             # a_h = x W_h + b_h + r * q,  q = h U_h + bn: dq = da_h * r, one product for r | z | h
-            if dq is None:
-                dq = da.copy()
-            else:
-                np.copyto(dq, da)
+            np.copyto(dq, da)
             dq[:, 2 * H:] *= r
             dh_prev += dq @ U.T
-        return dh_prev, da                                      # (B, H), (B, 3H)
+        return dh_prev                                          # (B, H)
+
+    def _linear_step_backward(self, l, params, dh, coefficients, out):
+        """``_layer_step_backward`` with the parts that do not depend on dL/dh
+        computed beforehand for every step (``_step_coefficients``): the same rules.
+
+        coefficients: this step's rows of ``_step_coefficients``' ``per_step``.
+        out: ``(da, dq)`` as for ``_layer_step_backward``; for reset "after" only dq
+            is written here (da after the steps, as ``c_h`` dh).
+
+        reset "after" is linear in dh with per-step coefficients C::
+
+            dq = [da_r | da_z | r da_h] = C * [dh | dh | dh]
+            dh_{t-1} = direct * dh + dq U^T,     direct = m k + 1 - m
+
+        reset "before", a_h = x W_h + b_h + (r * h_{t-1}) U_h, takes a product
+        first, da_h U_h^T, then the reset gate (``_reset_gate_delta``,
+        ``_candidate_state_adjoint``).
+        """
+        H = self.config.hidden_size
+        U = params[f"U{l}"]
+        da, dq = out
+        if dq is not None:                                      # reset "after"
+            direct, dq_per_dh = coefficients
+            # [da_r | da_z | r da_h] = [g'_r q c_h | c_z | r c_h] dh   (B, 3, H)
+            np.multiply(dq_per_dh, dh[:, None, :], out=dq.reshape(dq_per_dh.shape))
+            dh_prev = dh * direct                               # through h'_t's k h_{t-1}, and m
+            dh_prev += dq @ U.T                                 # through a_r, a_z and q = h U_h
+            return dh_prev
+        direct, c_h, c_z, slope_r, r, h = coefficients
+        da_h = np.multiply(c_h, dh, out=da[:, 2 * H:])          # da_h = (1 - n^2) (1 - k) m dh
+        da[:, :H] = self._reset_gate_delta(da_h, h, None, U, slope_r)
+        np.multiply(c_z, dh, out=da[:, H:2 * H])                # da_z = g'(a_z) (+-(h - n)) m dh
+        dh_prev = dh * direct
+        dh_prev += self._candidate_state_adjoint(da_h, U[:, 2 * H:], r)
+        dh_prev += da[:, :2 * H] @ U[:, :2 * H].T
+        return dh_prev
+
+    def _step_coefficients(self, lc, steps):
+        """What the backward of ``steps`` (a range) needs that does not depend on dL/dh,
+        for those steps at once: per step, dh_{t-1} = direct * dh + (...) U^T, and
+        dL/dxp_t = c * dh blockwise.  Returns ``(per_step, c_h)``: ``per_step`` the
+        arrays whose step rows ``_linear_step_backward`` takes, ``(direct, dq_per_dh)``
+        for reset "after" (dq_per_dh (n, B, 3, H): [g'_r q c_h | c_z | r c_h]) and
+        ``(direct, c_h, c_z, g'_r, r, h_{t-1})`` for "before", each (n, B, H); ``c_h``
+        (reset "after", else None) gives da_h = c_h dh after the steps.
+
+        The chain rule, from the state back (dh' = m dh, dh the total dL/dh_t)::
+
+            h'_t = (1 - k) n + k h_{t-1}:  dn = (1 - k) dh',  dk = (h_{t-1} - n) dh'
+            n = tanh(a_h):                 da_h = (1 - n^2) dn          c_h = (1 - n^2)(1 - k) m
+            k = z or 1 - z, z = g(a_z):    da_z = +-g'(a_z) dk          c_z = +-g'(a_z)(h_{t-1} - n) m
+            reset "after", a_h = ... + r q:  dr = q da_h, dq_h = r da_h
+            r = g(a_r):                    da_r = g'(a_r) dr
+        """
+        H = self.config.hidden_size
+        span = slice(steps.start, steps.stop)
+        a_rz = lc["a_rz"][span] if lc["a_rz"] is not None else None
+        rz, n = lc["rz"][span], lc["n"][span]
+        h = self._previous_states(lc["states"], steps)          # h_{t-1}  (n, B, H)
+        gp, tg, h_minus_n = self._step_slopes(a_rz, rz, n, h)
+        r, z = rz[..., :H], rz[..., H:]
+        m = self._backward_mask(lc, steps)                      # (n, B, 1), or None: all on
+        after = self.config.reset == "after"
+        # reset "after": the coefficients of dq = [da_r | da_z | r da_h] side by side
+        dq_per_dh = np.empty(tg.shape[:-1] + (3, H)) if after else None    # (n, B, 3, H)
+        c_z = dq_per_dh[..., 1, :] if after else None
+        if self.config.update == "old":                         # k = z
+            direct = z
+            c_h = np.multiply(tg, 1.0 - z, out=tg)              # c_h = (1 - n^2)(1 - k)
+            c_z = np.multiply(gp[..., H:], h_minus_n, out=c_z)  # dk/dz = 1
+        else:                                                   # k = 1 - z
+            direct = 1.0 - z
+            c_h = np.multiply(tg, z, out=tg)
+            c_z = np.multiply(gp[..., H:], np.negative(h_minus_n, out=h_minus_n), out=c_z)
+        if m is not None:
+            direct = m * direct + (1.0 - m)                     # m k + 1 - m
+            c_h *= m
+            c_z *= m
+        if not after:
+            return (direct, c_h, c_z, gp[..., :H], r, h), None
+        c_r = np.multiply(gp[..., :H], lc["q"][span], out=dq_per_dh[..., 0, :])
+        c_r *= c_h                                              # da_r = g'(a_r) q da_h
+        np.multiply(r, c_h, out=dq_per_dh[..., 2, :])           # dq_h = r da_h
+        return (direct, dq_per_dh), c_h
+
+    def _backward_mask(self, lc, steps):
+        """m_t of ``steps`` as (n, B, 1) for the backward pass, or None when every
+        sequence is on in every one of them (h_t = h'_t)."""
+        mask = lc["mask"][steps.start:steps.stop]
+        return None if mask.all() else mask[..., None]
 
     def _step_slopes(self, a_rz, rz, n, h):
         """What a step's backward needs that does not depend on dL/dh: the gate slopes
         g'(a_rz) (..., B, 2H), the candidate's 1 - n^2 and h_{t-1} - n (..., B, H).
-        One step's arrays, or all steps' stacked along a leading axis."""
+        One step's arrays, or all steps' stacked along a leading axis; new arrays,
+        which ``_step_coefficients`` overwrites."""
         return self.gate_grad(a_rz, rz), tanh_grad_from_output(n), h - n
 
     def _recurrent_grads(self, l, cache, dxp, dq, steps, grads):
@@ -328,6 +418,7 @@ class GRU(StackedCell):
         is frozen).  ``record``, when given, receives each step's parameter
         contributions and the adjoints of the carried states (see gradient_details)."""
         T, B = batch.mask.shape
+        H = self.config.hidden_size
         top = self.config.layers - 1
         dabove = dtop                                           # dL/dh_t arriving from above
         span = slice(t_lo, t_hi + 1)
@@ -335,31 +426,38 @@ class GRU(StackedCell):
             lc = cache["layers"][l]
             W = params[f"W{l}"]
             ws = workspace.active()                             # reused arrays, or fresh ones
-            dxp = ws.zeros(("dxp", l), (T, B, W.shape[1]))      # dL/d(x_t W + b)
+            dxp = ws.empty(("dxp", l), (T, B, W.shape[1]))      # dL/d(x_t W + b), of the span's steps
             # dL/d(h_{t-1} U) for U's gradient (reset "after")
             dq = ws.empty(("dq", l), dxp.shape) if self.config.reset == "after" else None
-            dh_all = np.zeros((T, B, self.config.hidden_size)) if record is not None else None
+            # the total dL/dh_t of the span's steps (the loop writes it; 0 elsewhere when
+            # recorded: the adjoints of the states before the span)
+            dh_all = (ws.empty if record is None else ws.zeros)(("dh", l), (T, B, H))
             dh_next = 0.0                                       # dL/dh_t through step t + 1
-            # small layers: the slopes of every step in the span at once (they do not depend
-            # on dL/dh; fewer calls: 4% faster at (T, B, D, H) = (20, 8, 16, 32)); large ones
-            # step by step, while the step's arrays are in cache (4% slower all at once at
-            # (50, 32, 128, 256))
-            slopes = None
-            if lc["rz"][span].nbytes <= HOIST_BYTES:
-                a_rz = lc["a_rz"][span] if lc["a_rz"] is not None else None
-                slopes = self._step_slopes(a_rz, lc["rz"][span], lc["n"][span],
-                                           self._previous_states(lc["states"], range(t_lo, t_hi + 1)))
-            for t in range(t_hi, t_lo - 1, -1):
-                dh = dabove[t] + dh_next                        # total dL/dh_t
-                if record is not None:
-                    dh_all[t] = dh
-                h = self._previous_state(lc["states"], t)           # h_{t-1}
-                out = (dxp[t], None if dq is None else dq[t])
-                dh_next, da = self._layer_step_backward(l, params, dh, h, lc["steps"][t], grads,
-                                                        out=out, slopes=slopes and
-                                                        [a[t - t_lo] for a in slopes])
-                if da is not out[0]:                            # a step that did not write in place
-                    dxp[t] = da
+            # small layers: the linear recursion, its coefficients for every step in the
+            # span at once (fewer calls); large ones rule by rule, step by step, while the
+            # step's arrays are in cache (the coefficients cost more passes over memory)
+            steps = range(t_lo, t_hi + 1)
+            linear = lc["rz"][span].nbytes <= LINEAR_BYTES
+            if linear:
+                per_step, c_h = self._step_coefficients(lc, steps)
+                rows = list(zip(*per_step))                     # each step's views, made once
+            dxp_rows, dh_rows = list(dxp), list(dh_all)         # each step's rows, made once
+            dq_rows = [None] * T if dq is None else list(dq)
+            for t in reversed(steps):
+                dh = np.add(dabove[t], dh_next, out=dh_rows[t])     # total dL/dh_t
+                out = (dxp_rows[t], dq_rows[t])
+                if linear:
+                    dh_next = self._linear_step_backward(l, params, dh, rows[t - t_lo], out)
+                    continue
+                m = self._backward_mask(lc, range(t, t + 1))
+                dh_next = self._layer_step_backward(l, params, dh,
+                                                    self._previous_state(lc["states"], t),
+                                                    lc["steps"][t], None if m is None else m[0],
+                                                    out)
+            if linear and dq is not None:
+                # dL/dxp_t = [da_r | da_z | da_h]: dq's r and z blocks, and da_h = c_h dh
+                dxp[span, :, :2 * H] = dq[span, :, :2 * H]
+                np.multiply(c_h, dh_all[span], out=dxp[span, :, 2 * H:])
             if record is None:
                 self._recurrent_grads(l, lc, dxp, dq, range(t_lo, t_hi + 1), grads)
             else:                                               # step by step, recorded

@@ -172,7 +172,7 @@ class LSTM(StackedCell):
         U = params[f"U{l}"]
         a_ifo, ifo, u, tc, mt = step_cache
         i, f, o = ifo[:, :H], ifo[:, H:2 * H], ifo[:, 2 * H:]
-        h, c = s[:, :H], s[:, H:]                               # h_{t-1}, c_{t-1}
+        c = s[:, H:]                                            # c_{t-1}
         dh, dc = ds[:, :H], ds[:, H:]
         da = np.empty(dh.shape[:-1] + (4 * H,)) if out is None else out
         da_i, da_f, da_o, da_c = (da[:, k * H:(k + 1) * H] for k in range(4))

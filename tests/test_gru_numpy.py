@@ -107,23 +107,72 @@ def test_update_new_convention_matches_numeric(reset, layers):
     assert abs(old.loss(params, data) - cell.loss(params, data)) > 1e-6
 
 
-def test_gate_slopes_hoisted_or_step_by_step_give_the_same_gradient(config, monkeypatch):
-    # small layers compute the backward's gate slopes for all steps at once, large ones
-    # step by step (cells.gru.HOIST_BYTES): the same numbers either way
+def _both_backward_paths(cell, params, data, monkeypatch):
+    """The gradient by the linear recursion (small layers, cells.gru.LINEAR_BYTES) and
+    rule by rule, step by step (large ones), and how often each called _step_slopes."""
     import cells.gru
-    cell = GRU(config)
-    mask = np.ones((5, 3))
-    mask[3:, 1] = 0
-    params, data = make_case(cell, seed=2, mask=mask)
-    hoisted = cell.gradient(params, data)
-    monkeypatch.setattr(cells.gru, "HOIST_BYTES", -1)
     calls = []
     original = GRU._step_slopes
     monkeypatch.setattr(GRU, "_step_slopes", lambda self, *a: calls.append(1) or original(self, *a))
+    linear = cell.gradient(params, data)
+    linear_calls = len(calls)
+    monkeypatch.setattr(cells.gru, "LINEAR_BYTES", -1)
     stepwise = cell.gradient(params, data)
-    assert len(calls) == 5 * config.layers                   # one call per step: not hoisted
-    for k in hoisted:
-        assert np.array_equal(hoisted[k], stepwise[k]), k
+    monkeypatch.undo()
+    return linear, stepwise, linear_calls, len(calls) - linear_calls
+
+
+def _assert_same_to_rounding(a, b):
+    for k in a:
+        scale = max(np.abs(a[k]).max(), np.abs(b[k]).max(), 1e-300)
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-11, atol=1e-14 * scale, err_msg=k)
+
+
+def test_linear_recursion_and_rule_by_rule_give_the_same_gradient(config, monkeypatch):
+    # small layers run the backward as a linear recursion, its coefficients computed for
+    # all steps at once; large ones rule by rule, step by step (cells.gru.LINEAR_BYTES):
+    # two derivations of one gradient, the same to rounding, masks included
+    cell = GRU(config)
+    mask = np.ones((5, 3))
+    mask[3:, 1] = 0
+    mask[1, 2] = 0
+    params, data = make_case(cell, seed=2, mask=mask)
+    linear, stepwise, linear_calls, step_calls = _both_backward_paths(cell, params, data,
+                                                                      monkeypatch)
+    backward_passes = 5 if cell.truncation.kind == "window" else 1
+    assert linear_calls == backward_passes * config.layers      # all steps at once
+    assert step_calls == sum(len(range(cell._window_start(t, 5), t + 1))
+                             for t in ([4] if backward_passes == 1 else range(5))) * config.layers
+    _assert_same_to_rounding(linear, stepwise)
+
+
+# a configuration that wakes each broken GRU whose bug is in the backward pass
+# (blog-output-mutated's is in the forward cache)
+BUG_CONFIGS = {
+    "reset-gate-derivative": {}, "wrapped-time-index": {}, "elementwise-product": {},
+    "off-by-one-window": dict(truncate=2), "mask-ignored-in-backward": {},
+    "blog-reset-delta": {}, "blog-state-adjoint-order": {},
+    "blog-output-delta-every-layer": dict(layers=2), "blog-hard-sigmoid-slope": dict(gate="hard"),
+    "blog-embedding-word": dict(embedding=True), "blog-empty-loop": {},
+}
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+@pytest.mark.parametrize("bug", sorted(BUG_CONFIGS))
+def test_every_broken_gru_is_broken_alike_in_both_backward_paths(bug, reset, monkeypatch):
+    # the size of a layer picks the backward path: a bug must not hide in either
+    from cells.zoo.gru_bugs import BROKEN_GRUS
+    config = GRUConfig(reset=reset, hidden_size=4, **BUG_CONFIGS[bug])
+    cell = BROKEN_GRUS[bug](config)
+    mask = np.ones((5, 3))
+    mask[1, 2] = 0                                          # a masked step before unmasked ones
+    params, data = make_case(cell, seed=3, mask=mask)
+    if getattr(cell, "dormant", lambda b: None)(data):
+        pytest.skip(f"{bug} sleeps with reset={reset}")
+    linear, stepwise, _, _ = _both_backward_paths(cell, params, data, monkeypatch)
+    _assert_same_to_rounding(linear, stepwise)
+    right = GRU(config).gradient(params, data)
+    assert max(np.abs(linear[k] - right[k]).max() for k in right) > 1e-6
 
 
 @pytest.mark.parametrize("classes", [1, 2, 3, 8, 9, 40])
@@ -161,3 +210,17 @@ def test_a_step_that_makes_its_own_arrays_gives_the_same_gradient(fields):
     assert got[0] == want[0]
     for k in want[1]:
         assert np.array_equal(got[1][k], want[1][k]), k
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+def test_tail_state_adjoints_are_zero_before_the_window_whatever_ran_before(reset):
+    # the backward's per-step arrays come from a shared workspace: a full-BPTT pass of
+    # another cell fills rows that a tail-truncated pass leaves alone, and its recorded
+    # state adjoints of the steps before the window must still be 0
+    cell = GRU(GRUConfig(reset=reset, truncate=2, truncation="tail", layers=2))
+    params, data = make_case(cell, steps=6)
+    GRU(GRUConfig(reset=reset, layers=2)).loss_and_gradient(params, data)
+    adjoints = cell.gradient_details(params, data)["state_adjoints"]
+    for l, a in enumerate(adjoints):
+        assert np.all(a[:3] == 0.0), l
+        assert np.any(a[4:] != 0.0), l

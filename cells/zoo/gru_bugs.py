@@ -109,10 +109,8 @@ class MaskIgnoredInBackwardGRU(GRU):
                     "sequence: use --mask random")
         return None
 
-    def _layer_step_backward(self, l, params, dh, h, step_cache, grads, **kwargs):
-        a_rz, rz, n, q, mt = step_cache
-        unmasked = (a_rz, rz, n, q, None)   # the bug: m_t taken as 1 (None: every sequence on)
-        return super()._layer_step_backward(l, params, dh, h, unmasked, grads, **kwargs)
+    def _backward_mask(self, lc, steps):
+        return None                         # the bug: m_t taken as 1 (None: every sequence on)
 
 
 class BlogResetDeltaGRU(GRU):
