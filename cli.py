@@ -285,15 +285,13 @@ def _checking(args) -> dict:
         else sample)
 
 
-# options that only the numeric oracle, or only the autodiff one, reads
-NUMERIC_ONLY = {"numeric": "--numeric", "max_elements": "--max-elements", "mode": "--mode",
-                "embedding_sample": "--embedding-sample"}
-
-
 def _refuse_unread(args, oracles) -> None:
-    """ValueError naming an option given for an oracle the check does not run."""
-    for key, option in NUMERIC_ONLY.items():
-        if getattr(args, key) is not None and "numeric" not in oracles:
+    """ValueError naming an option given for an oracle the check does not run: those only
+    the numeric oracle reads (``gradcheck.runner.NUMERIC_ONLY``), or the autodiff one."""
+    from gradcheck.runner import NUMERIC_ONLY
+
+    for option in NUMERIC_ONLY:
+        if getattr(args, option[2:].replace("-", "_")) is not None and "numeric" not in oracles:
             raise ValueError(f"{option} applies to the numeric oracle, which this check does not "
                              f"run (oracles {','.join(oracles)})")
     if getattr(args, "backend", None) is not None and "autodiff" not in oracles:

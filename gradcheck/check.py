@@ -542,8 +542,11 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                 cell, params64, batch, names, method=numeric_method, elements=sampled,
                 out=numeric_done, loss=numeric_loss))
             for check in row_checks.values():
-                check.direction, _ = _timed("numeric", lambda check=check: probe_unused_rows(
-                    check, numeric_loss, params64, tolerances[check.parameter], row_rng))
+                done = check.parameter in numeric_done and check.parameter not in capped
+                check.direction, _ = _timed("numeric", lambda check=check, done=done:
+                                            probe_unused_rows(check, numeric_loss, params64,
+                                                              tolerances[check.parameter],
+                                                              row_rng, differentiated=done))
     except KeyboardInterrupt:
         interrupted = True
     if numeric_done:

@@ -13,7 +13,13 @@ from gradcheck.masks import MASKS, make_mask
 from gradcheck.sparse_rows import EMBEDDING_SAMPLE
 from gradcheck.tolerance import agree, resolve_tolerance
 
-__all__ = ["check_builtin", "reproduce_command", "checking_options"]
+__all__ = ["check_builtin", "reproduce_command", "checking_options", "NUMERIC_ONLY"]
+
+# the options only the numeric oracle reads, with their keyword names (--directions goes
+# with --mode fast): the CLI refuses them for a check without that oracle, and
+# reproduce lines leave them out
+NUMERIC_ONLY = {"--numeric": "numeric_method", "--max-elements": "max_elements",
+                "--mode": "mode", "--embedding-sample": "embedding_sample"}
 
 
 def _positive(name, value):
@@ -93,24 +99,26 @@ def checking_options(*, oracles, atol=None, rtol=None, mode="exact", numeric_met
     """The CLI options, beyond the cell and its sizes, that repeat how a check was run
     (those left at their defaults are omitted, and so are those the check did not read,
     which the CLI would refuse: the numeric oracle's without it)."""
-    args = []
+    given = {}
     if tuple(oracles) != ORACLES:
-        args += ["--oracles", ",".join(oracles)]
-    numeric = "numeric" in oracles
-    if mode != "exact" and numeric:
-        args += ["--mode", mode]
+        given["--oracles"] = ",".join(oracles)
+    if mode != "exact":
+        given["--mode"] = mode
         if directions != 2:
-            args += ["--directions", str(directions)]
-    if numeric_method != "batched" and numeric:
-        args += ["--numeric", numeric_method]
-    if max_elements is not None and numeric:
-        args += ["--max-elements", str(max_elements)]
-    if embedding and embedding_sample != EMBEDDING_SAMPLE and numeric:
-        args += ["--embedding-sample", "all" if embedding_sample is None else str(embedding_sample)]
+            given["--directions"] = str(directions)
+    if numeric_method != "batched":
+        given["--numeric"] = numeric_method
+    if max_elements is not None:
+        given["--max-elements"] = str(max_elements)
+    if embedding and embedding_sample != EMBEDDING_SAMPLE:
+        given["--embedding-sample"] = "all" if embedding_sample is None else str(embedding_sample)
+    if "numeric" not in oracles:                                # and --directions with --mode
+        given = {opt: value for opt, value in given.items()
+                 if opt not in NUMERIC_ONLY and opt != "--directions"}
     for opt, value in (("--atol", atol), ("--rtol", rtol)):
         if value is not None and not isinstance(value, dict):
-            args += [opt, repr(float(value))]
-    return args
+            given[opt] = repr(float(value))
+    return [part for opt, value in given.items() for part in (opt, value)]
 
 
 def reproduce_command(name, config: dict, *, steps, batch, seed, mask="none", bug=None,

@@ -325,7 +325,7 @@ def plan_sparse_rows(spec, batch, sample: int | None, rng) -> SparseRowCheck:
 
 
 def probe_unused_rows(check: SparseRowCheck, loss, params, tolerance: Tolerance,
-                      rng) -> UnusedRowsDirection | None:
+                      rng, *, differentiated: bool = True) -> UnusedRowsDirection | None:
     """The loss's derivative along one random direction over every unused row.
 
     check: the parameter's SparseRowCheck.
@@ -333,13 +333,17 @@ def probe_unused_rows(check: SparseRowCheck, loss, params, tolerance: Tolerance,
     params: the point of evaluation, float64; not modified.
     tolerance: the parameter's tolerance.
     rng: the numpy Generator that draws the direction.
+    differentiated: whether the numeric oracle differentiated the sampled unused rows
+        one by one (not in fast mode when the parameter passed the directional screen,
+        nor when max_elements cut its elements).
 
-    Returns None when every unused row is differentiated one by one anyway.
+    Returns None when there is no unused row, or every one is differentiated one by
+    one anyway.
     The step is that of the directional check: no element moves by more than
     c max(1, max |theta| on the rows).
     """
     unused = check.unused_rows()
-    if len(check.sampled) == int(unused.sum()):
+    if not unused.any() or (differentiated and len(check.sampled) == int(unused.sum())):
         return None
     theta = np.asarray(params[check.parameter], dtype=np.float64)
     v = np.zeros_like(theta)

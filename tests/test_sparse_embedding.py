@@ -272,6 +272,29 @@ def test_fast_mode_keeps_the_zero_rule_and_the_sparse_fallback():
     assert numeric_elements(fast, "E") == row_check(fast).numeric_elements < VOCAB * 4 / 50
 
 
+@pytest.mark.parametrize("sample", [0, None])
+def test_fast_mode_probes_the_unused_rows_whatever_the_sample(sample):
+    # in fast mode a parameter that passes the directional screen is not differentiated
+    # element by element, so embedding_sample=None ("all") differentiates no unused row:
+    # the direction over them must still run, as it does with a sample of 0
+    cell = gru(vocab=60)
+    params, batch = draw(cell)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric", mode="fast",
+                             seed=0, embedding_sample=sample)
+    check = row_check(result)
+    assert result.passed and "E" not in result.directional["fallback"]
+    assert check.direction is not None and check.direction.passed
+    assert f"flat along a random direction over all {check.unused} unused rows" in check.note()
+    # where the screen sends E to the element-by-element check, "all" differentiates
+    # every unused row, and the direction is not needed
+    if sample is None:
+        broken = gru(vocab=60, cls=WrongRowEmbeddingGRU)
+        fast = check_gradients(broken, params, batch, oracles="analytic,numeric", mode="fast",
+                               seed=0, embedding_sample=None)
+        assert "E" in fast.directional["fallback"] and row_check(fast).direction is None
+        assert not fast.passed
+
+
 @pytest.mark.parametrize("truncation", ["window", "tail"])
 def test_truncated_bptt_is_checked_sparsely(truncation):
     cell = gru(vocab=500, truncate=2, truncation=truncation)
