@@ -200,10 +200,12 @@ class GRU(StackedCell):
         # h_t = m h'_t + (1 - m) h_{t-1};  mt None: every sequence on, h_t = h'_t
         dh_new = dh if mt is None else mt * dh
         # h'_t = (1 - k) n + k h_{t-1},  k = z (update "old") or 1 - z (update "new")
-        k = z if self.config.update == "old" else 1.0 - z
+        k, one_minus_k = (z, 1.0 - z) if self.config.update == "old" else (1.0 - z, z)
         gp, tg, h_minus_n = self._step_slopes(a_rz, rz, n, h)
         dh_prev = dh_new * k
-        dn = dh_new - dh_prev                                   # dh_new (1 - k)
+        # dn = dh_new (1 - k), with 1 - k from z itself: dh_new - dh_prev cancels to 0
+        # where the gate saturates (k rounds to 1)
+        dn = dh_new * one_minus_k
         if mt is not None:
             dh_prev += (1.0 - mt) * dh
         dk = h_minus_n * dh_new                                 # dh_new (h - n)
@@ -263,7 +265,8 @@ class GRU(StackedCell):
     def _step_coefficients(self, lc, steps):
         """What the backward of ``steps`` (a range) needs that does not depend on dL/dh,
         for those steps at once: per step, dh_{t-1} = direct * dh + (...) U^T, and
-        dL/dxp_t = c * dh blockwise.  Returns ``(per_step, c_h)``: ``per_step`` the
+        dL/dxp_t = c * dh blockwise (reset "after"; for "before", the z and h blocks,
+        da_r coming from da_h U_h^T).  Returns ``(per_step, c_h)``: ``per_step`` the
         arrays whose step rows ``_linear_step_backward`` takes, ``(direct, dq_per_dh)``
         for reset "after" (dq_per_dh (n, B, 3, H): [g'_r q c_h | c_z | r c_h]) and
         ``(direct, c_h, c_z, g'_r, r, h_{t-1})`` for "before", each (n, B, H); ``c_h``

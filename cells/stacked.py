@@ -344,8 +344,8 @@ class StackedCell:
         backward pass needs of every step.  The cache holds ``x``, ``states``
         ((T + 1, ..., B, S): states[t + 1] is the carried state after step t,
         states[0] the initial one, 0), each step's ``_layer_step`` cache in
-        ``steps``, and the (T, ..., B, width) arrays the steps wrote into, by the
-        names ``_step_arrays`` gives them.
+        ``steps``, the (T, B) ``mask``, and the (T, ..., B, width) arrays the steps
+        wrote into, by the names ``_step_arrays`` gives them.
         """
         H = self.config.hidden_size
         T, B = mask.shape

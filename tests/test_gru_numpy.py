@@ -224,3 +224,21 @@ def test_tail_state_adjoints_are_zero_before_the_window_whatever_ran_before(rese
     for l, a in enumerate(adjoints):
         assert np.all(a[:3] == 0.0), l
         assert np.any(a[4:] != 0.0), l
+
+
+def test_a_saturated_update_gate_keeps_its_tiny_gradients_in_both_backward_paths(monkeypatch):
+    # update "new", z ~ 1e-35: 1 - k = z.  Written dh' - dh' k, the rule-by-rule path
+    # cancelled to exactly 0 where k rounds to 1; both paths must keep dh' z
+    import cells.gru
+    cell = GRU(GRUConfig(update="new", hidden_size=1, input_size=1, classes=2))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    params["b0"][1] = -80.0                                 # a_z ~ -80
+    data = cell.sample_batch(rng, 2, 1)
+    linear = cell.gradient(params, data)
+    monkeypatch.setattr(cells.gru, "LINEAR_BYTES", -1)
+    stepwise = cell.gradient(params, data)
+    for grads in (linear, stepwise):
+        assert np.all(grads["W0"] != 0.0) and np.all(grads["U0"][:, [0, 2]] != 0.0)
+    for k in linear:
+        np.testing.assert_allclose(stepwise[k], linear[k], rtol=1e-10, atol=0, err_msg=k)
