@@ -20,6 +20,7 @@ from itertools import combinations
 
 import numpy as np
 
+from gradcheck.batch import validate_mask
 from gradcheck.compare import Comparison, _json_float, compare_gradients
 from gradcheck.directional import directional_check
 from gradcheck.finite_differences import (ComplexStepError, central_differences,
@@ -397,6 +398,11 @@ def _validate_inputs(cell, specs, params, batch) -> None:
     mask = arrays.get("mask")
     if mask is not None and mask.ndim >= 1 and mask.shape[0] == 0:
         raise ValueError("the batch has no time steps (T = 0): there is nothing to check")
+    x = arrays.get("x")
+    if mask is not None and x is not None and x.ndim >= 2:
+        # a mask the cell would broadcast or weigh by (0.5) is refused for every cell,
+        # not only for those whose check_inputs looks
+        validate_mask(mask, x.shape[0], x.shape[1])
     if hasattr(cell, "check_inputs"):
         cell.check_inputs(params, batch)
 

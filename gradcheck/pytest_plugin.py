@@ -148,8 +148,10 @@ class GradcheckFixture:
 
         if oracles is None:
             oracles = self._marked.get("oracles")
+        info = {}
         if isinstance(cell, Case):
             case = cell
+            info = dict(case.info)
             cell, params, batch = case.cell, case.params, case.batch
             symbolic = symbolic if symbolic is not None else case.symbolic
             seed = seed if seed is not None else case.seed
@@ -162,12 +164,13 @@ class GradcheckFixture:
             cell, params, batch, symbolic=symbolic, oracles=oracles,
             atol=self._option("atol", atol), rtol=self._option("rtol", rtol),
             seed=self.seed if seed is None else seed, localise=not self.fast,
-            cell_info={"name": cell_name(cell),
-                       "test": self._request.node.nodeid})
+            cell_info={"name": cell_name(cell), "test": self._request.node.nodeid, **info})
         self.results.append(result)
         if result.passed:
             return result
         message = [f"gradcheck: {result.summary()}"]
+        if info:                                # the Case's description of its cell
+            message.append("cell: " + ", ".join(f"{k}={v}" for k, v in info.items()))
         if result.localisation is not None:
             message.append(f"where: {result.localisation.sentence()}")
         message.append(f"seed: {result.seed}")

@@ -43,6 +43,8 @@ def _check_range(low_name, low, high_name, high, minimum):
 
 
 def _check_choices(name, values, allowed):
+    if isinstance(values, str):                 # a string would be drawn from letter by letter
+        raise TypeError(f"{name}={values!r} must be a list of names, e.g. {name}=[{values!r}]")
     values = tuple(values)
     if not values:
         raise ValueError(f"{name} is empty: give at least one of {', '.join(allowed)}")
@@ -111,13 +113,15 @@ def gru_configs(*, min_layers: int = 1, max_layers: int = 2, min_size: int = 1,
     return build()
 
 
-def masks(*, steps: int, batch: int, kind: str | None = None, min_kept: int = 0):
+def masks(*, steps: int, batch: int, kind: str | None = None, min_kept: int = 1):
     """Strategy for (T, B) float64 masks of 0 and 1.
 
     steps: T, the number of time steps (at least 1).
     batch: B, the number of sequences (at least 1).
     kind: "lengths" (right padding, lengths 0 .. T), "random" (any 0/1 pattern), None for either.
-    min_kept: the fewest kept (1) entries in the whole mask.
+    min_kept: the fewest kept (1) entries in the whole mask, 0 to T B (default 1: with
+        nothing kept the loss is constant, a check that cannot fail, which
+        ``check_gradients`` refuses).
     """
     _check_int("steps", steps, 1)
     _check_int("batch", batch, 1)
@@ -126,20 +130,32 @@ def masks(*, steps: int, batch: int, kind: str | None = None, min_kept: int = 0)
         raise ValueError(f"min_kept={min_kept} is larger than steps * batch={steps * batch}")
     kinds = _MASK_KINDS if kind is None else _check_choices("kind", [kind], _MASK_KINDS)
 
-    def from_lengths(lengths):
-        return mask_from_lengths(np.array(lengths, dtype=np.int64), steps)
+    # built with at least min_kept entries kept, not filtered (a filter rejects most
+    # draws when min_kept is near T B): what is missing is added in a drawn order
+    @st.composite
+    def from_lengths(draw):
+        lengths = np.array(draw(st.lists(st.integers(0, steps), min_size=batch,
+                                          max_size=batch)), dtype=np.int64)
+        for b in draw(st.permutations(range(batch))):       # lengthen sequences in turn
+            lengths[b] += min(steps - lengths[b], max(0, min_kept - int(lengths.sum())))
+        return mask_from_lengths(lengths, steps)
 
-    def from_bits(bits):
-        return np.array(bits, dtype=np.float64).reshape(steps, batch)
+    @st.composite
+    def from_bits(draw):
+        bits = np.array(draw(st.lists(st.sampled_from([0, 1]), min_size=steps * batch,
+                                      max_size=steps * batch)), dtype=np.float64)
+        missing = max(0, min_kept - int(bits.sum()))
+        if missing:
+            off = np.flatnonzero(bits == 0)
+            bits[off[draw(st.permutations(range(len(off))))[:missing]]] = 1.0
+        return bits.reshape(steps, batch)
 
     options = []
     if "lengths" in kinds:
-        options.append(st.lists(st.integers(0, steps), min_size=batch, max_size=batch)
-                       .map(from_lengths))
+        options.append(from_lengths())
     if "random" in kinds:
-        options.append(st.lists(st.sampled_from([0, 1]), min_size=steps * batch,
-                                max_size=steps * batch).map(from_bits))
-    return st.one_of(options).filter(lambda m: m.sum() >= min_kept)
+        options.append(from_bits())
+    return st.one_of(options)
 
 
 def truncations(*, steps: int, kinds=TRUNCATIONS, include_full: bool = True):
@@ -151,6 +167,8 @@ def truncations(*, steps: int, kinds=TRUNCATIONS, include_full: bool = True):
     """
     _check_int("steps", steps, 1)
     kinds = _check_choices("kinds", kinds, TRUNCATIONS)
+    if not isinstance(include_full, bool):
+        raise TypeError(f"include_full={include_full!r} must be True or False")
     k = st.one_of(st.just(1), st.integers(1, max(1, steps - 1)), st.integers(steps, steps + 3))
     drawn = st.builds(Truncation, st.sampled_from(kinds), k)
     return st.one_of(st.just(FULL), drawn) if include_full else drawn

@@ -241,3 +241,25 @@ def test_broken(gradcheck, bug):
         result.assert_outcomes(failed=2)
         assert {f.name for f in reports.glob("*.html")} == expected
         result.stdout.fnmatch_lines_random([f"*report: {reports / name}*" for name in expected])
+
+
+def test_a_case_s_info_reaches_the_result_and_the_failure(pytester, tmp_path):
+    # README: a Case's info "is recorded in the result's cell"; through the fixture too
+    write(pytester, '''
+from gradcheck import Case
+
+def test_good(gradcheck):
+    cell, params, batch = case(GRU, 0)
+    result = gradcheck(Case(cell, params, batch, info={"variant": "mine-v2"}))
+    assert result.as_dict()["cell"]["variant"] == "mine-v2"
+
+def test_broken(gradcheck):
+    cell, params, batch = case(BROKEN_GRUS["reset-gate-derivative"], 0)
+    gradcheck(Case(cell, params, batch, info={"variant": "mine-v3"}))
+''')
+    reports = tmp_path / "reports"
+    result = pytester.runpytest("-q", f"--gradcheck-report-dir={reports}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*cell: variant=mine-v3*"])
+    (report,) = reports.glob("*.html")
+    assert "mine-v3" in report.read_text()

@@ -1,6 +1,7 @@
 """Bringing your own cell: the blog-style model adapter, make_case files, and bad files."""
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -169,6 +170,23 @@ def test_python_api_function_cell_catches_a_wrong_gradient():
     wrong = lambda p, b: {"W": np.einsum("tbd,tbk->dk", b.x, 1 - np.tanh(b.x @ p["W"]) ** 2)}
     result = check_gradients(function_cell(loss=loss, gradient=wrong, params=params), params, batch)
     assert not result.passed and "W[" in result.summary()
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.full((5, 2), 0.5), "mask must hold only 0 and 1, found 0.5"),
+    (np.ones((2, 5)), "mask has shape (2, 5), expected (T, B) = (5, 2)"),
+])
+def test_a_bad_mask_is_refused_for_a_cell_that_does_not_check_it(mask, message):
+    # a function cell has no check_inputs: the harness itself refuses the mask (a 0.5
+    # mask passed before; a transposed one failed inside the cell's broadcasting)
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(size=(3, 4))}
+    batch = Batch(rng.normal(size=(5, 2, 3)), np.zeros((5, 2), int), mask)
+    loss = lambda p, b: float((b.mask[..., None] * np.tanh(b.x @ p["W"])).sum())
+    right = lambda p, b: {"W": np.einsum("tbd,tbk->dk", b.x, b.mask[..., None]
+                                         * (1 - np.tanh(b.x @ p["W"]) ** 2))}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_gradients(function_cell(loss=loss, gradient=right, params=params), params, batch)
 
 
 def test_model_cell_restores_the_models_own_arrays():
