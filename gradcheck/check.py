@@ -26,12 +26,12 @@ from gradcheck.directional import directional_check
 from gradcheck.finite_differences import (ComplexStepError, central_differences,
                                           complex_step_disagreement, complex_step_refusal,
                                           numeric_gradient, step_size_curve)
-from gradcheck.localise import DetailsMismatch, Localisation
+from gradcheck.localise import DetailsMismatch, Localisation, StepInterfaceMismatch
 from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
 from gradcheck.sparse_rows import (EMBEDDING_SAMPLE, ROW_SAMPLE_STREAM, plan_sparse_rows,
                                    probe_unused_rows, sample_mask, validate_embedding_sample)
-from gradcheck.tolerance import Tolerance, agree, resolve_tolerance
+from gradcheck.tolerance import DETERMINISM_TOLERANCE, Tolerance, agree, resolve_tolerance
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
 from gradcheck.user_cells import UserCodeError, check_gradient_dtypes
 
@@ -320,10 +320,6 @@ def _second_gradient(cell, params, batch, grads, specs, tolerances) -> list[str]
     return found
 
 
-# the same inputs must give the same loss; this only forgives reassociation
-DETERMINISM_TOLERANCE = Tolerance(atol=0.0, rtol=1e-13)
-
-
 def _arrays_of(batch) -> dict:
     """Copies of the arrays a batch holds (its attributes, or its items)."""
     items = vars(batch).items() if hasattr(batch, "__dict__") else (
@@ -457,6 +453,13 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
     if numeric_method not in ("batched", "central", "complex"):
         raise ValueError(f"numeric_method={numeric_method!r} is not one of batched, central, complex")
     validate_embedding_sample(embedding_sample)
+    if getattr(cell, "gradient_is_autodiff", False) and ("analytic" in oracles or mode == "fast"):
+        # compared with autodiff, such an "analytic" gradient is the same computation
+        # twice: it would pass whatever it is, and outvote the numeric oracle
+        raise ValueError("this cell's gradient is PyTensor's own, the autodiff oracle's, not a "
+                         "hand-written BPTT: there is no analytic gradient to check (nor to "
+                         "screen in fast mode); compare the numeric and autodiff oracles "
+                         "(oracles numeric,autodiff)")
     if mode == "fast" and "analytic" not in oracles:
         raise ValueError("fast mode screens the analytic gradient: include the analytic oracle")
     if numeric_method == "complex" and "numeric" in oracles:
@@ -609,6 +612,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             result.localisation = localise_errors(cell, params64, batch, specs, tolerances,
                                                   seed=seed if seed is not None else 0,
                                                   analytic=grads["analytic"])
+        except StepInterfaceMismatch as exc:
+            result.notes.append(f"not localised by time step: {exc}")
         except DetailsMismatch as exc:
             # two gradients of the cell's own that disagree: where not every element was
             # compared, the numeric oracle decides on the elements where they differ
@@ -631,6 +636,8 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                                    elements=sampled)
         if note:
             result.notes.append(note)
+    if result.localisation is not None:
+        result.localisation.check_failed = not result.passed
     return result
 
 

@@ -31,10 +31,16 @@ import numpy as np
 
 from gradcheck.finite_differences import STEP_SCALE, _chunks, _kinks, _stack_limit, curve_central
 from gradcheck.params import ParamSpec
-from gradcheck.tolerance import Tolerance, agree
+from gradcheck.tolerance import DETERMINISM_TOLERANCE, Tolerance, agree
 from gradcheck.truncation import run_steps, step_states
 
-__all__ = ["Localisation", "DetailsMismatch", "localise", "format_steps"]
+__all__ = ["Localisation", "DetailsMismatch", "StepInterfaceMismatch", "localise", "format_steps"]
+
+
+class StepInterfaceMismatch(ValueError):
+    """The step interface (``step``, ``output``, ``readout_loss``) computes another loss
+    than ``loss()`` at the checked point: localisation, which moves parameters and
+    states step by step through that interface, would describe another function."""
 
 
 class DetailsMismatch(ValueError):
@@ -77,6 +83,9 @@ class Localisation:
     seed: int
     notes: list[str] = field(default_factory=list)
     state: str = "s"
+    # set by check_gradients: whether the check failed (a sentence that finds nothing
+    # then says where the mismatch is not)
+    check_failed: bool = False
 
     @property
     def steps(self) -> int:
@@ -140,6 +149,9 @@ class Localisation:
                 for l, t in sorted(div.items(), reverse=True))
         else:
             text += f"; dL/d{self.state} agrees at every step"
+            if entry is None and self.check_failed:
+                text += (": the mismatch is not in the steps' backward pass (look at the "
+                         "readout, a loss term outside the steps, or the forward pass)")
         return text
 
     def as_dict(self) -> dict:
@@ -398,6 +410,12 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
     rng = np.random.default_rng(seed)
     x = cell.embed(params, batch)
     base = (x,) + step_states(cell, params, x, batch.mask)
+    stepped = float(np.asarray(cell.readout_loss(params, np.stack(base[2]), batch)).reshape(()))
+    whole = float(details["loss"]) if "loss" in details else float(cell.loss(params, batch))
+    if not (stepped == whole or agree(stepped, whole, DETERMINISM_TOLERANCE)):
+        raise StepInterfaceMismatch(
+            f"the step interface and loss() compute different losses: step(), output() and "
+            f"readout_loss() give {stepped!r} where loss() gives {whole!r} at the same point")
 
     rows = []
     for spec in specs:

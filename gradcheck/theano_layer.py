@@ -115,6 +115,10 @@ class TheanoLayer:
     dim: ``options['dim_proj']``, the input and hidden width.
     """
 
+    # its gradient() is PyTensor's, as the autodiff oracle's is: no hand BPTT that the
+    # analytic oracle could check (check_gradients refuses the analytic oracle for it)
+    gradient_is_autodiff = True
+
     def __init__(self, layer, init, prefix: str, dim: int, classes: int, backend="pytensor"):
         self.layer, self.init, self.prefix = layer, init, prefix
         self.dim, self.classes, self.backend = dim, classes, backend

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Tolerance", "DEFAULT_ATOL", "DEFAULT_RTOL", "resolve_tolerance", "agree"]
+__all__ = ["Tolerance", "DEFAULT_ATOL", "DEFAULT_RTOL", "DETERMINISM_TOLERANCE",
+           "resolve_tolerance", "agree"]
 
 DEFAULT_ATOL = {
     np.dtype(np.float64): 1e-6,
@@ -72,6 +73,11 @@ def _pick(table, override, dtype, what):
         raise ValueError(f"rtol={value!r} must be less than 1: with rtol >= 1 a zero gradient "
                          "agrees with every other, so the check could not fail")
     return value
+
+
+# the same function at the same inputs must give the same loss, whichever way it is
+# computed (loss(), the step interface); this only forgives reassociation
+DETERMINISM_TOLERANCE = Tolerance(atol=0.0, rtol=1e-13)
 
 
 def resolve_tolerance(dtype=np.float64, atol=None, rtol=None) -> Tolerance:

@@ -86,3 +86,18 @@ def test_compare_states_directly():
     assert (r.first_step, r.element) == (1, (1, 2, 3))
     r = compare_states(ref[1], ref)
     assert r.matches_step == 1 and "equals the reference's state at step 1" in r.message
+
+
+@pytest.mark.parametrize("options", [["--oracles", "analytic,autodiff"],
+                                     ["--oracles", "analytic,numeric,autodiff"],
+                                     ["--mode", "fast"]])
+def test_a_tutorial_layer_has_no_analytic_gradient_to_check(capsys, options):
+    # the layer's gradient() is PyTensor's: as "analytic" it agreed with autodiff by
+    # construction (a wrong symbolic gradient passed analytic,autodiff with exit 0, and
+    # with all three oracles the right numeric one was named the odd one out)
+    code, _, err = run(capsys, "check", f"{SEED_GRU}:gru_layer_fixed", *options)
+    assert code == EXIT_USAGE
+    assert "gradient is PyTensor's own, the autodiff oracle's, not a hand-written BPTT" in err
+    assert "oracles numeric,autodiff" in err
+    code, out, _ = run(capsys, "check", f"{SEED_GRU}:gru_layer_fixed")
+    assert code == EXIT_PASS and "numeric ~ autodiff" in out

@@ -353,3 +353,48 @@ def test_a_right_term_in_one_parameter_does_not_hide_a_wrong_one_in_another():
         result = check_gradients(cell, params, batch, oracles="analytic,numeric", **how)
         assert not result.passed, how
         assert "there the numeric oracle sides with gradient_details(): U0[" in result.summary()
+
+
+class PenaltyOutsideTheStepsGRU(GRU):
+    """BROKEN: the loss adds 0.1 |U0|^2, the gradient leaves the penalty out."""
+
+    def loss(self, params, batch):
+        return super().loss(params, batch) + 0.1 * float((params["U0"] ** 2).sum())
+
+
+def test_a_failing_check_that_localisation_finds_nothing_in_says_where_not_to_look():
+    # every per-step contribution and dL/dh agree (the penalty is on the tied U0, not in a
+    # step): the sentence used to read as a clean bill, "every per-step gate block agrees"
+    cell = PenaltyOutsideTheStepsGRU(GRUConfig())
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    result = check_gradients(cell, params, cell.sample_batch(rng, 5, 3),
+                             oracles="analytic,numeric", seed=0)
+    assert not result.passed and result.localisation.entry() is None
+    assert result.localisation.sentence().endswith(
+        "dL/dh agrees at every step: the mismatch is not in the steps' backward pass (look at "
+        "the readout, a loss term outside the steps, or the forward pass)")
+    assert "not in the steps' backward pass" in result.as_dict()["localisation"]["sentence"]
+    right = check_gradients(GRU(GRUConfig()), params, cell.sample_batch(rng, 5, 3), seed=0)
+    assert right.passed and "not in the steps'" not in right.localisation.sentence()
+
+
+class DriftedStepGRU(GRU):
+    """loss() and gradient() are the reference's; the step interface scales its inputs."""
+
+    def step(self, params, state, x_t, m_t):
+        return super().step(params, state, 1.01 * x_t, m_t)
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": "fast"}, {"max_elements": 5}])
+def test_a_step_interface_that_drifts_from_loss_is_not_used_to_localise(options):
+    # localisation moves parameters and states through step(): where that computes another
+    # loss than loss(), it would judge another function (a right gradient failed fast and
+    # sampled checks, "the error enters at t = 4 ... blocks r, z, h")
+    cell = DriftedStepGRU(GRUConfig())
+    rng = np.random.default_rng(0)
+    params, batch = cell.init_params(rng), cell.sample_batch(rng, 5, 3)
+    result = check_gradients(cell, params, batch, seed=0, **options)
+    assert result.passed and result.localisation is None
+    assert any(n.startswith("not localised by time step: the step interface and loss() "
+                            "compute different losses") for n in result.notes)
