@@ -272,8 +272,9 @@ def _gradient_method(cell) -> str:
     The most derived definition wins: a subclass of a reference cell that
     overrides ``gradient`` alone has its gradient checked, not the inherited
     ``loss_and_gradient``'s (which never calls it).  A cell defining both in
-    the same class (or on the instance) is checked through ``loss_and_gradient``,
-    and its ``gradient`` must agree with it (``_second_gradient``).
+    the same class (or on the instance) is checked through ``loss_and_gradient``;
+    whenever that is what the check runs, the cell's ``gradient``, wherever
+    defined, must agree with it (``_second_gradient``).
     """
     level = _first_level(cell)
     return "loss_and_gradient" if "loss_and_gradient" in level else "gradient"
@@ -293,12 +294,14 @@ def _first_level(cell) -> set:
 
 
 def _second_gradient(cell, params, batch, grads, specs, tolerances) -> list[str]:
-    """Where the cell defines gradient and loss_and_gradient side by side, the check runs
-    the latter; the sentences naming where ``gradient()`` gives another gradient (what
-    a training loop calling it would get, unchecked otherwise).  A ``gradient`` marked
-    ``gradcheck_derived`` returns loss_and_gradient()'s by construction (the reference
-    cells'): it is not run a second time."""
-    if _first_level(cell) != {"gradient", "loss_and_gradient"}:
+    """Where the check runs loss_and_gradient, the sentences naming where the cell's
+    ``gradient()`` gives another gradient (what a training loop calling it would get,
+    unchecked otherwise), whether it is defined beside loss_and_gradient or in another
+    class of the MRO (a base overriding gradient, a subclass adding loss_and_gradient).
+    A ``gradient`` marked ``gradcheck_derived`` returns loss_and_gradient()'s by
+    construction (the reference cells'): it is not run a second time."""
+    if _gradient_method(cell) != "loss_and_gradient" or not callable(
+            getattr(cell, "gradient", None)):
         return []
     if getattr(getattr(cell, "_gradcheck_cell", cell).gradient, "gradcheck_derived", False):
         return []

@@ -481,6 +481,35 @@ def test_a_cell_defining_both_gradient_methods_must_give_one_gradient(capsys, tm
     assert "fail: gradient() and loss_and_gradient() give different gradients of W" in out
 
 
+def test_a_wrong_gradient_in_a_base_class_is_checked_beside_a_subclass_s_loss_and_gradient():
+    # A overrides gradient() (wrong), B(A) adds loss_and_gradient: the check runs B's, and
+    # A's gradient(), what B().gradient() gives a training loop, passed unchecked
+    from cells.gru import GRU, GRUConfig
+
+    class A(GRU):
+        def gradient(self, params, batch):
+            grads = super().gradient(params, batch)
+            grads["U0"] = 1.5 * grads["U0"]
+            return grads
+
+    class B(A):
+        def loss_and_gradient(self, params, batch):
+            return super().loss_and_gradient(params, batch)
+
+    cell = B(GRUConfig())
+    rng = np.random.default_rng(0)
+    params, batch = cell.init_params(rng), cell.sample_batch(rng, 4, 2)
+    result = check_gradients(cell, params, batch, oracles="analytic,numeric", seed=0)
+    assert not result.passed
+    assert any(d.startswith("gradient() and loss_and_gradient() give different gradients of U0")
+               for d in result.defects)
+    # the same layout with a right gradient() passes
+    right = type("Right", (GRU,), {"gradient": lambda self, p, b: GRU.gradient(self, p, b)})
+    both = type("RightBoth", (right,), {"loss_and_gradient": GRU.loss_and_gradient})
+    assert check_gradients(both(GRUConfig()), params, batch, oracles="analytic,numeric",
+                           seed=0).passed
+
+
 def test_a_seed_the_case_does_not_use_is_refused(capsys, tmp_path):
     path = user_file(tmp_path, '''
         import numpy as np
