@@ -459,7 +459,13 @@ def _run_compare(args) -> int:
     except ValueError:                                  # UserCodeError included
         raise
     except Exception as exc:
-        raise UserCodeError(f"running {name} raised {type(exc).__name__}: {exc}") from None
+        # PyTensor types a width-1 state as broadcastable (shape (?, 1)), which a scan
+        # step's output of unknown width does not match: say what to do about it
+        hint = ("; PyTensor takes a state of width 1 as broadcastable, which the scan's "
+                "step output does not match: use --hidden 2 or more"
+                if args.hidden == 1 and "scan" in str(exc) else "")
+        text = str(exc).rstrip(".") if hint else str(exc)
+        raise UserCodeError(f"running {name} raised {type(exc).__name__}: {text}{hint}") from None
     from gradcheck.check import json_ready
 
     convention = f"reset={config.reset}, update={config.update}, gate={config.gate}"

@@ -147,8 +147,19 @@ def compare_to_reference(states_fn, user_params, *, hidden: int, steps: int, bat
                     params = {**params, "bn0": np.zeros(hidden)}
                 reference = _reference_states(config, params, x, mask)
                 result = compare_states(user, reference)
+                # the convention whose states match longest; among those that diverge at
+                # the same step, the one with the most agreeing elements (a layer that
+                # ignores the mask differs from its own convention at masked entries only,
+                # from the others everywhere)
                 score = (steps + 1 if result.passed else
-                         result.first_step if result.matches_step is None else 0.5)
+                         result.first_step if result.matches_step is None else 0.5,
+                         int(agree(user, reference, FORWARD_TOLERANCE).sum())
+                         if user.shape == reference.shape else 0)
                 if best is None or score > best[0]:
                     best = (score, result, config)
-    return best[1], best[2]
+    result = best[1]
+    if result.element is not None and mask[result.element[:2]] == 0:
+        result.message += (f"; step {result.element[0]} of sequence {result.element[1]} is "
+                           "masked (the reference carries the state over there): does the "
+                           "layer apply the mask?")
+    return result, best[2]

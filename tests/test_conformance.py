@@ -53,6 +53,22 @@ def test_a_later_divergence_names_its_step(capsys, tmp_path):
     assert doc["message"].startswith(f"the states first diverge at step t = {doc['first_step']}")
 
 
+def test_a_layer_that_ignores_the_mask_is_compared_in_its_own_convention(capsys, tmp_path):
+    # with a random mask every convention can diverge at step 0; the layer's own (update
+    # "new") differs at masked entries only and must be the one reported, with the mask
+    # named (it was reported against update "old", "so the conventions differ")
+    source = SEED_GRU.read_text().replace(
+        "return m_[:, None] * h + (1.0 - m_)[:, None] * h_", "return h")
+    path = tmp_path / "no_mask.py"
+    path.write_text(source)
+    code, out, _ = run(capsys, "compare", f"{path}:gru_layer_fixed", "--mask", "random",
+                       "--json")
+    doc = json.loads(out)
+    assert code == EXIT_MISMATCH and doc["reference"]["update"] == "new"
+    assert "is masked (the reference carries the state over there): does the layer apply " \
+           "the mask?" in doc["message"]
+
+
 def test_a_wrong_convention_fails_at_step_0(capsys):
     code, out, _ = run(capsys, "compare", f"{SEED_GRU}:gru_layer_fixed", "--update", "old")
     assert code == EXIT_MISMATCH
@@ -101,3 +117,14 @@ def test_a_tutorial_layer_has_no_analytic_gradient_to_check(capsys, options):
     assert "oracles numeric,autodiff" in err
     code, out, _ = run(capsys, "check", f"{SEED_GRU}:gru_layer_fixed")
     assert code == EXIT_PASS and "numeric ~ autodiff" in out
+
+
+def test_a_width_of_one_says_what_pytensor_makes_of_it(capsys):
+    # the tutorial layer at --hidden 1 fails inside PyTensor's scan (a width-1 state is
+    # typed broadcastable); the one-line error says so and what to use instead
+    code, _, err = run(capsys, "compare", f"{SEED_GRU}:gru_layer_fixed", "--hidden", "1")
+    assert code == EXIT_USAGE and len(err.strip().splitlines()) == 1
+    assert "PyTensor takes a state of width 1 as broadcastable" in err
+    assert "use --hidden 2 or more" in err
+    code, _, _ = run(capsys, "compare", f"{SEED_GRU}:gru_layer_fixed", "--hidden", "2")
+    assert code == EXIT_PASS
