@@ -15,11 +15,9 @@ from gradcheck.tolerance import agree, resolve_tolerance
 
 __all__ = ["check_builtin", "reproduce_command", "checking_options", "NUMERIC_ONLY"]
 
-# the options only the numeric oracle reads, with their keyword names (--directions goes
-# with --mode fast): the CLI refuses them for a check without that oracle, and
-# reproduce lines leave them out
-NUMERIC_ONLY = {"--numeric": "numeric_method", "--max-elements": "max_elements",
-                "--mode": "mode", "--embedding-sample": "embedding_sample"}
+# the options only the numeric oracle reads (--directions goes with --mode fast): the
+# CLI refuses them for a check without that oracle, and reproduce lines leave them out
+NUMERIC_ONLY = ("--numeric", "--max-elements", "--mode", "--embedding-sample")
 
 
 def _positive(name, value):
