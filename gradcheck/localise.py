@@ -83,9 +83,9 @@ class Localisation:
     seed: int
     notes: list[str] = field(default_factory=list)
     state: str = "s"
-    # set by check_gradients: whether the check failed (a sentence that finds nothing
-    # then says where the mismatch is not)
-    check_failed: bool = False
+    # set by check_gradients: whether an element comparison of the analytic gradient
+    # failed (a sentence that finds nothing then says where the mismatch is not)
+    analytic_failed: bool = False
 
     @property
     def steps(self) -> int:
@@ -149,7 +149,7 @@ class Localisation:
                 for l, t in sorted(div.items(), reverse=True))
         else:
             text += f"; dL/d{self.state} agrees at every step"
-            if entry is None and self.check_failed:
+            if entry is None and self.analytic_failed:
                 text += (": the mismatch is not in the steps' backward pass (look at the "
                          "readout, a loss term outside the steps, or the forward pass)")
         return text

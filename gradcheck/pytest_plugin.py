@@ -151,7 +151,7 @@ class GradcheckFixture:
         info = {}
         if isinstance(cell, Case):
             case = cell
-            info = dict(case.info)
+            info = dict(case.info or {})
             cell, params, batch = case.cell, case.params, case.batch
             symbolic = symbolic if symbolic is not None else case.symbolic
             seed = seed if seed is not None else case.seed
@@ -164,7 +164,7 @@ class GradcheckFixture:
             cell, params, batch, symbolic=symbolic, oracles=oracles,
             atol=self._option("atol", atol), rtol=self._option("rtol", rtol),
             seed=self.seed if seed is None else seed, localise=not self.fast,
-            cell_info={"name": cell_name(cell), "test": self._request.node.nodeid, **info})
+            cell_info={"name": cell_name(cell), **info, "test": self._request.node.nodeid})
         self.results.append(result)
         if result.passed:
             return result

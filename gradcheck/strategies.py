@@ -131,20 +131,26 @@ def masks(*, steps: int, batch: int, kind: str | None = None, min_kept: int = 1)
     kinds = _MASK_KINDS if kind is None else _check_choices("kind", [kind], _MASK_KINDS)
 
     # built with at least min_kept entries kept, not filtered (a filter rejects most
-    # draws when min_kept is near T B): what is missing is added in a drawn order
+    # draws when min_kept is near T B): a draw that keeps too few is topped up, in a
+    # drawn order, to a drawn count between min_kept and T B (not to min_kept itself,
+    # which would pile the draws up there)
+    def target(draw, kept):
+        return kept if kept >= min_kept else draw(st.integers(min_kept, steps * batch))
+
     @st.composite
     def from_lengths(draw):
         lengths = np.array(draw(st.lists(st.integers(0, steps), min_size=batch,
                                           max_size=batch)), dtype=np.int64)
+        goal = target(draw, int(lengths.sum()))
         for b in draw(st.permutations(range(batch))):       # lengthen sequences in turn
-            lengths[b] += min(steps - lengths[b], max(0, min_kept - int(lengths.sum())))
+            lengths[b] += min(steps - lengths[b], max(0, goal - int(lengths.sum())))
         return mask_from_lengths(lengths, steps)
 
     @st.composite
     def from_bits(draw):
         bits = np.array(draw(st.lists(st.sampled_from([0, 1]), min_size=steps * batch,
                                       max_size=steps * batch)), dtype=np.float64)
-        missing = max(0, min_kept - int(bits.sum()))
+        missing = target(draw, int(bits.sum())) - int(bits.sum())
         if missing:
             off = np.flatnonzero(bits == 0)
             bits[off[draw(st.permutations(range(len(off))))[:missing]]] = 1.0
@@ -167,7 +173,7 @@ def truncations(*, steps: int, kinds=TRUNCATIONS, include_full: bool = True):
     """
     _check_int("steps", steps, 1)
     kinds = _check_choices("kinds", kinds, TRUNCATIONS)
-    if not isinstance(include_full, bool):
+    if not isinstance(include_full, (bool, np.bool_)):
         raise TypeError(f"include_full={include_full!r} must be True or False")
     k = st.one_of(st.just(1), st.integers(1, max(1, steps - 1)), st.integers(steps, steps + 3))
     drawn = st.builds(Truncation, st.sampled_from(kinds), k)

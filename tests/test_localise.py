@@ -398,3 +398,4 @@ def test_a_step_interface_that_drifts_from_loss_is_not_used_to_localise(options)
     assert result.passed and result.localisation is None
     assert any(n.startswith("not localised by time step: the step interface and loss() "
                             "compute different losses") for n in result.notes)
+

@@ -256,10 +256,15 @@ def test_good(gradcheck):
 def test_broken(gradcheck):
     cell, params, batch = case(BROKEN_GRUS["reset-gate-derivative"], 0)
     gradcheck(Case(cell, params, batch, info={"variant": "mine-v3"}))
+
+def test_no_info(gradcheck):
+    cell, params, batch = case(GRU, 0)
+    result = gradcheck(Case(cell, params, batch, info=None))
+    assert result.as_dict()["cell"]["test"].endswith("test_no_info")
 ''')
     reports = tmp_path / "reports"
     result = pytester.runpytest("-q", f"--gradcheck-report-dir={reports}")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*cell: variant=mine-v3*"])
     (report,) = reports.glob("*.html")
     assert "mine-v3" in report.read_text()

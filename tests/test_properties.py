@@ -253,6 +253,10 @@ def test_masks_near_full_are_built_not_filtered(kind, min_kept):
     drawn()
 
 
+def test_a_numpy_bool_is_a_flag():
+    assert gst.truncations(steps=3, include_full=np.False_) is not None
+
+
 @settings(max_examples=30)
 @given(gst.masks(steps=2, batch=1))
 def test_the_default_mask_keeps_a_step(mask):
@@ -319,6 +323,9 @@ KEPT = {
     "kinds=tail": (gst.truncations(steps=4, kinds=["tail"], include_full=False),
                    lambda t: t.k < 4),
     "updates=old,new": (gst.gru_configs(updates=["old", "new"]), lambda c: c.update == "new"),
+    # topped up to a drawn count, not to min_kept itself: more than min_kept is drawn too
+    "min_kept=5 of 6": (gst.masks(steps=3, batch=2, kind="random", min_kept=5),
+                        lambda m: m.sum() == 6),
 }
 
 
