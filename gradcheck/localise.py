@@ -84,7 +84,8 @@ class Localisation:
     notes: list[str] = field(default_factory=list)
     state: str = "s"
     # set by check_gradients: whether an element comparison of the analytic gradient
-    # failed (a sentence that finds nothing then says where the mismatch is not)
+    # with the numeric one failed (a sentence that finds nothing then says where the
+    # mismatch is not)
     analytic_failed: bool = False
 
     @property
