@@ -31,7 +31,7 @@ from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
 from gradcheck.sparse_rows import (EMBEDDING_SAMPLE, ROW_SAMPLE_STREAM, plan_sparse_rows,
                                    probe_unused_rows, sample_mask, validate_embedding_sample)
-from gradcheck.tolerance import DETERMINISM_TOLERANCE, Tolerance, agree, resolve_tolerance
+from gradcheck.tolerance import Tolerance, agree, resolve_tolerance, same_loss
 from gradcheck.truncation import FULL, Truncation, surrogate_loss
 from gradcheck.user_cells import UserCodeError, check_gradient_dtypes
 
@@ -507,8 +507,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
             # truncated, the numeric oracle differentiates a surrogate built from the step
             # interface; at the checked point it must be the loss itself
             surrogate, _ = _timed("numeric", lambda: float(numeric_loss(params64)))
-            if not (surrogate == first_loss or agree(surrogate, first_loss,
-                                                      DETERMINISM_TOLERANCE)):
+            if not same_loss(surrogate, first_loss):
                 defects.append(
                     f"the step interface and loss() compute different losses: the truncation "
                     f"surrogate built from step(), output() and readout_loss() gives "
@@ -536,7 +535,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                 cell, native, batch, grads["analytic"], specs, tolerances))
             defects += second
         again, _ = _timed("numeric", lambda: _scalar_loss(cell.loss(params64, batch), "loss()"))
-        if not (again == first_loss or agree(again, first_loss, DETERMINISM_TOLERANCE)):
+        if not same_loss(again, first_loss):
             defects.append(
                 f"the cell's loss is not a function of its inputs: loss() gave {first_loss!r}, "
                 f"then {again!r} for the same parameters and data (does the backward pass write "

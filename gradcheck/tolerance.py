@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Tolerance", "DEFAULT_ATOL", "DEFAULT_RTOL", "DETERMINISM_TOLERANCE",
-           "resolve_tolerance", "agree"]
+           "resolve_tolerance", "agree", "same_loss"]
 
 DEFAULT_ATOL = {
     np.dtype(np.float64): 1e-6,
@@ -97,3 +97,9 @@ def agree(a, b, tol: Tolerance) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         bound = tol.atol + tol.rtol * np.maximum(np.abs(a), np.abs(b))
         return finite & (np.abs(a - b) <= bound)
+
+
+def same_loss(a, b) -> bool:
+    """Whether two evaluations of one loss at one point agree: equal (infinities too),
+    or within DETERMINISM_TOLERANCE (loss() run again, or the step interface's loss)."""
+    return bool(a == b or agree(a, b, DETERMINISM_TOLERANCE))
