@@ -155,10 +155,13 @@ BUG_CONFIGS = {
     "blog-output-delta-every-layer": dict(layers=2), "blog-hard-sigmoid-slope": dict(gate="hard"),
     "blog-embedding-word": dict(embedding=True), "blog-empty-loop": {},
 }
+# bugs of the reset-before form's backward pass: they sleep with reset "after"
+BEFORE_ONLY = ("blog-reset-delta", "blog-state-adjoint-order")
 
 
-@pytest.mark.parametrize("reset", ["before", "after"])
-@pytest.mark.parametrize("bug", sorted(BUG_CONFIGS))
+@pytest.mark.parametrize("bug, reset", [(bug, reset) for bug in sorted(BUG_CONFIGS)
+                                        for reset in ("before", "after")
+                                        if not (bug in BEFORE_ONLY and reset == "after")])
 def test_every_broken_gru_is_broken_alike_in_both_backward_paths(bug, reset, monkeypatch):
     # the size of a layer picks the backward path: a bug must not hide in either
     from cells.zoo.gru_bugs import BROKEN_GRUS
@@ -167,8 +170,7 @@ def test_every_broken_gru_is_broken_alike_in_both_backward_paths(bug, reset, mon
     mask = np.ones((5, 3))
     mask[1, 2] = 0                                          # a masked step before unmasked ones
     params, data = make_case(cell, seed=3, mask=mask)
-    if getattr(cell, "dormant", lambda b: None)(data):
-        pytest.skip(f"{bug} sleeps with reset={reset}")
+    assert getattr(cell, "dormant", lambda b: None)(data) is None   # every case wakes its bug
     linear, stepwise, _, _ = _both_backward_paths(cell, params, data, monkeypatch)
     _assert_same_to_rounding(linear, stepwise)
     right = GRU(config).gradient(params, data)
