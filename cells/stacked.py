@@ -151,6 +151,9 @@ class StackedCell:
 
     config_class: type = None           # the cell's config dataclass
     gate_blocks: tuple[str, ...] = ()   # the blocks of W, U and b, in order
+    # the numeric oracle may run ``losses`` in forked processes (gradcheck.probe_pool): the
+    # passes run NumPy only; a subclass whose passes hold threads, files or devices says False
+    probes_fork_safe: bool = True
 
     def __init__(self, config=None, **kwargs):
         self.config = config if config is not None else self.config_class(**kwargs)

@@ -29,9 +29,10 @@ Three ways to run it, with the same numbers:
     leading probe axis (``cell.losses``, see ``cells.stacked.StackedCell``);
     the per-probe Python overhead disappears and every loss is computed by
     the same operations on the same numbers as ``cell.loss``.  The passes
-    run on ``probe_workers()`` threads (NumPy releases the GIL inside its
-    loops), the BLAS pool held to one thread meanwhile; each pass writes its
-    own results, so the numbers do not depend on the thread count.  Truncated
+    run ``probe_workers()`` at a time (``gradcheck.probe_pool``): in forked
+    processes when the cell says its passes may, else on threads, the BLAS
+    pool held to one thread meanwhile; each pass returns its own results, so
+    the numbers do not depend on the worker count.  Truncated
     BPTT's surrogate losses run the same way through the step interface when
     the cell's steps take a probe axis (``truncation.surrogate_loss``'s
     ``losses``).  Other cells without ``losses`` take the one-at-a-time path.
@@ -51,15 +52,13 @@ truncation surrogate when the cell truncates its BPTT) and the method.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from gradcheck import progress
 from gradcheck.perturbed_rows import PerturbedRows
+from gradcheck.probe_pool import can_fork, probe_pool, probe_workers
 
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
@@ -80,7 +79,8 @@ NUMERIC_METHODS = ("central", "batched", "complex")
 # bytes of one per-step gate array across the probes of a vectorised pass:
 # small enough to stay in cache, large enough to amortise the Python per step;
 # with several worker threads, larger, so that they seldom wait for the GIL
-PROBE_BYTES = 1 << 17
+# (forked processes have a GIL each: the single-thread size)
+PROBE_BYTES = 1 << 18
 PROBE_BYTES_THREADED = 1 << 21
 # bytes of the perturbed copies of one parameter in a vectorised pass: each probe
 # holds a whole copy of the parameter it moves (an embedding can be megabytes)
@@ -189,15 +189,16 @@ def _kinks(f_plus, f_minus, f0, h):
     return np.abs(fwd - bwd) > bound
 
 
-def probe_chunk(cell, batch, chunk=None, workers: int = 1) -> int:
+def probe_chunk(cell, batch, chunk=None, workers: int = 1, processes: bool = False) -> int:
     """How many perturbed elements one vectorised pass takes (each gives one or two probes).
 
     cell: the cell (its ``config.hidden_size`` sizes the per-step arrays).
     batch: the batch (its size B).
     chunk: an explicit number, returned as is; None picks one so that a per-step
-        gate array over the probes holds about ``PROBE_BYTES`` (one worker) or
-        ``PROBE_BYTES_THREADED`` (several).
-    workers: how many threads run passes at once.
+        gate array over the probes holds about ``PROBE_BYTES`` (one worker, or
+        processes) or ``PROBE_BYTES_THREADED`` (several threads).
+    workers: how many passes run at once.
+    processes: whether they run in forked processes (each with a core of its own).
     """
     if chunk is not None:
         if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
@@ -205,7 +206,7 @@ def probe_chunk(cell, batch, chunk=None, workers: int = 1) -> int:
         return int(chunk)
     hidden = getattr(getattr(cell, "config", None), "hidden_size", 32)
     per_probe = 8 * 4 * hidden * max(1, batch.mask.shape[1])    # a (B, 4H) float64 array
-    target = PROBE_BYTES if workers <= 1 else PROBE_BYTES_THREADED
+    target = PROBE_BYTES if workers <= 1 or processes else PROBE_BYTES_THREADED
     return int(np.clip(target // (2 * per_probe), 1, 256))
 
 
@@ -257,54 +258,46 @@ def _stack_limit(size: int, theta, probes_per_element: int, cell=None, name=None
     return max(1, min(size, STACK_BYTES // per_element))
 
 
-def probe_workers(workers=None) -> int:
-    """How many threads run vectorised passes at once.
-
-    workers: an explicit number, returned as is; None: the CPUs this process may
-        use, at most 4 (NumPy releases the GIL inside its loops, not between them).
-    """
-    if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-            raise ValueError(f"workers={workers!r} must be a positive integer")
-        return int(workers)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:                                      # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+def _forks(cell, processes) -> bool:
+    """Whether the passes run in forked processes: where ``can_fork()``, as asked, or when
+    not asked, when the cell says its passes may (``probes_fork_safe``: NumPy only)."""
+    if processes is None:
+        processes = getattr(cell, "probes_fork_safe", False)
+    return bool(processes) and can_fork()
 
 
-@contextlib.contextmanager
-def _probe_pool(workers: int):
-    """Yields ``each(fn, items)``: ``fn`` over ``items`` on ``workers`` threads.
+def _pass_items(work, names, elements, size, probes_per_element, cell):
+    """``(name, flat indices)`` of every pass, parameter by parameter: the selected
+    elements in consecutive pieces of at most ``size`` (fewer for a large parameter,
+    ``_stack_limit``)."""
+    return [(name, i) for name in names
+            for i in _chunks(_selected(elements, name, work[name].size),
+                             _stack_limit(size, work[name], probes_per_element, cell, name))]
 
-    With several workers the BLAS pool is held to one thread meanwhile (the
-    products of a pass are small; its threads and ours would oversubscribe the
-    cores).  Each item writes its own slice of the results, so the numbers do
-    not depend on the order the passes finish in.  An exception cancels the
-    passes not yet started and reaches the caller once the running ones end;
-    Ctrl-C reaches it at once.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:                                         # a dependency left out: one thread
-        workers = 1
-    if workers <= 1:
-        yield lambda fn, items: [fn(item) for item in items]
-        return
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradcheck-probes")
-    interrupted = False
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield lambda fn, items: list(pool.map(fn, items))
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        # Ctrl-C: back to the caller at once, not after the passes already running (a
-        # pass of a large cell takes seconds); what they write is dropped with them
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
+def _run_passes(run, one_pass, store, finish, names, items, out):
+    """Every pass of ``items`` through the pool's ``run``: ``store(name, i, result)`` as
+    each result arrives, and ``out[name] = finish(name)`` once a parameter's passes are
+    all in (a parameter without passes at once), so an interrupted run keeps those.
+    ``out`` ends in the order of ``names``, whatever order they finished in."""
+    missing = dict.fromkeys(names, 0)
+    for name, _ in items:
+        missing[name] += 1
+    for name in names:
+        if not missing[name]:
+            out[name] = finish(name)
+
+    def on_result(k, result):
+        name, i = items[k]
+        store(name, i, result)
+        progress.advance(len(i))
+        missing[name] -= 1
+        if not missing[name]:
+            out[name] = finish(name)
+
+    run(one_pass, items, on_result)
+    for name in names:
+        out[name] = out.pop(name)
 
 
 def _has_losses(cell) -> bool:
@@ -334,7 +327,7 @@ def _batched_ready(cell, work, losses, f0, strict=True) -> bool:
 
 def batched_central_differences(cell, params, batch, names=None, *, scale: float = STEP_SCALE,
                                 chunk=None, elements=None, out=None, loss=None,
-                                strict: bool = True, workers=None, losses=None):
+                                strict: bool = True, workers=None, losses=None, processes=None):
     """``{name: NumericGradient}``: central differences of the cell's loss, vectorised.
 
     cell: a cell with ``loss(params, batch)`` and, for the vectorised path,
@@ -350,9 +343,11 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
         value at ``params`` must match the vectorised one, and the fallback uses it.
     strict: use the vectorised path only when its unperturbed loss is the scalar
         loss to the bit (else to 1e-12 relative).
-    workers: threads running passes at once (``probe_workers``; 1: this thread only).
+    workers: passes running at once (``probe_workers``; 1: this thread only).
     losses: the vectorised ``loss``, ``losses(stack)`` -> (P,) (default
         ``cell.losses(stack, batch)``): a truncation surrogate's ``losses``.
+    processes: run the passes in forked processes rather than threads; None: when
+        the cell says its passes may (``probes_fork_safe``) and ``can_fork()``.
 
     Same steps, same formulas and the same kink flags as ``central_differences``;
     each probe's loss is computed by the same operations as the scalar loss, so
@@ -366,33 +361,41 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
         losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     workers = probe_workers(workers) if vectorised else 1
-    with _probe_pool(workers) as each:
+    processes = _forks(cell, processes)
+    with probe_pool(workers, processes) as run:
         f0 = float(loss(work))
         if not (vectorised and _batched_ready(cell, work, losses, f0, strict)):
             return central_differences(loss, params, names, scale=scale, elements=elements,
                                        out=out)
-        size = probe_chunk(cell, batch, chunk, workers)
+        size = probe_chunk(cell, batch, chunk, workers, processes)
+        names = names if names is not None else list(work)
         out = {} if out is None else out
-        for name in (names if names is not None else list(work)):
+        steps = {name: element_steps(work[name].reshape(-1), scale) for name in names}
+        f_plus = {name: np.full(work[name].size, np.nan) for name in names}
+        f_minus = {name: np.full(work[name].size, np.nan) for name in names}
+
+        def one_pass(item):
+            name, i = item
             flat = work[name].reshape(-1)
-            steps = element_steps(flat, scale)
-            f_plus, f_minus = np.full(flat.size, np.nan), np.full(flat.size, np.nan)
+            # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
+            values = np.stack([flat[i] + steps[name][i], flat[i] - steps[name][i]],
+                              axis=1).reshape(-1)
+            return losses(_stack(work, name, np.repeat(i, 2), values, cell))
 
-            def one_pass(i, name=name, flat=flat, steps=steps, f_plus=f_plus, f_minus=f_minus):
-                # probes 2j and 2j + 1: theta_i + h_i and theta_i - h_i
-                values = np.stack([flat[i] + steps[i], flat[i] - steps[i]], axis=1).reshape(-1)
-                f = losses(_stack(work, name, np.repeat(i, 2), values, cell))
-                f_plus[i], f_minus[i] = f[0::2], f[1::2]
-                progress.advance(len(i))
+        def store(name, i, f):
+            f_plus[name][i], f_minus[name][i] = f[0::2], f[1::2]
 
-            each(one_pass, _chunks(_selected(elements, name, flat.size),
-                                   _stack_limit(size, work[name], 2, cell, name)))
+        def finish(name):
+            h = steps[name]
             # (L(theta + h) - L(theta - h)) / 2h
-            value = (f_plus - f_minus) / (2.0 * steps)
+            value = (f_plus[name] - f_minus[name]) / (2.0 * h)
             with np.errstate(invalid="ignore"):
-                kinks = _kinks(f_plus, f_minus, f0, steps)
+                kinks = _kinks(f_plus[name], f_minus[name], f0, h)
             shape = work[name].shape
-            out[name] = NumericGradient(value.reshape(shape), kinks.reshape(shape))
+            return NumericGradient(value.reshape(shape), kinks.reshape(shape))
+
+        _run_passes(run, one_pass, store, finish, names,
+                    _pass_items(work, names, elements, size, 2, cell), out)
     return out
 
 
@@ -499,7 +502,8 @@ def complex_step(loss, params, names=None, *, step: float = COMPLEX_STEP, elemen
 
 
 def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPLEX_STEP,
-                         chunk=None, elements=None, out=None, loss=None, workers=None):
+                         chunk=None, elements=None, out=None, loss=None, workers=None,
+                         processes=None):
     """``{name: NumericGradient}`` by the complex step, vectorised over ``cell.losses``.
 
     cell: a cell with a true ``supports_complex_step`` (and ``losses`` to vectorise).
@@ -511,7 +515,8 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
     elements: ``{name: boolean mask or None}`` as in ``central_differences``.
     out: a dict filled as each parameter is finished.
     loss: the scalar loss for the one-at-a-time path (default: ``numeric_loss``).
-    workers: threads running passes at once (``probe_workers``; 1: this thread only).
+    workers: passes running at once (``probe_workers``; 1: this thread only).
+    processes: forked processes rather than threads, as in ``batched_central_differences``.
 
     Raises ComplexStepError when the cell does not support the complex step.
     """
@@ -523,23 +528,29 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
         loss = loss if loss is not None else numeric_loss(cell, work, batch)
         return complex_step(loss, work, names, step=step, elements=elements, out=out)
     workers = probe_workers(workers)
-    size = 2 * probe_chunk(cell, batch, chunk, workers)
+    processes = _forks(cell, processes)
+    size = 2 * probe_chunk(cell, batch, chunk, workers, processes)
+    names = names if names is not None else list(work)
     out = {} if out is None else out
-    with _probe_pool(workers) as each:
-        for name in (names if names is not None else list(work)):
-            flat = work[name].reshape(-1)
-            value = np.full(flat.size, np.nan)
+    value = {name: np.full(work[name].size, np.nan) for name in names}
 
-            def one_pass(i, name=name, flat=flat, value=value):
-                losses = cell.losses(_stack(work, name, i, flat[i] + 1j * step, cell), batch)
-                # dL/dtheta_i = Im L(theta + i h e_i) / h
-                value[i] = _imaginary(losses, "cell.losses") / step
-                progress.advance(len(i))
+    def one_pass(item):
+        name, i = item
+        losses = cell.losses(_stack(work, name, i, work[name].reshape(-1)[i] + 1j * step, cell),
+                             batch)
+        # dL/dtheta_i = Im L(theta + i h e_i) / h
+        return _imaginary(losses, "cell.losses") / step
 
-            each(one_pass, _chunks(_selected(elements, name, flat.size),
-                                   _stack_limit(size, work[name], 2, cell, name)))   # complex
-            out[name] = NumericGradient(value.reshape(work[name].shape),
-                                        np.zeros(work[name].shape, dtype=bool))
+    def store(name, i, derivatives):
+        value[name][i] = derivatives
+
+    def finish(name):
+        shape = work[name].shape
+        return NumericGradient(value[name].reshape(shape), np.zeros(shape, dtype=bool))
+
+    with probe_pool(workers, processes) as run:
+        _run_passes(run, one_pass, store, finish, names,
+                    _pass_items(work, names, elements, size, 2, cell), out)   # 2: complex
     return out
 
 
@@ -561,7 +572,7 @@ def numeric_loss(cell, params, batch):
 
 def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched",
                      scale: float = STEP_SCALE, chunk=None, elements=None, out=None, loss=None,
-                     workers=None):
+                     workers=None, processes=None):
     """``{name: NumericGradient}`` of the numeric oracle, by ``method``.
 
     cell: the cell; with truncated BPTT the truncation surrogate is differentiated.
@@ -576,7 +587,9 @@ def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched"
     out: a dict filled as each parameter is finished (what an interrupted run keeps).
     loss: the scalar loss or truncation surrogate the one-at-a-time paths use
         (default ``numeric_loss(cell, params, batch)``).
-    workers: threads running vectorised passes at once (None: ``probe_workers()``).
+    workers: vectorised passes running at once (None: ``probe_workers()``).
+    processes: run them in forked processes, not threads (None: when the cell's
+        ``probes_fork_safe`` says they may; see ``gradcheck.probe_pool``).
 
     Raises ValueError for an unknown method, ComplexStepError when the cell
     cannot take the complex step.
@@ -588,21 +601,22 @@ def numeric_gradient(cell, params, batch, names=None, *, method: str = "batched"
     with progress.task("numeric oracle", total):       # shown by a caller (the CLI's bar)
         return _numeric_gradient(cell, params, batch, names, method=method, scale=scale,
                                  chunk=chunk, elements=elements, out=out, loss=loss,
-                                 workers=workers)
+                                 workers=workers, processes=processes)
 
 
 def _numeric_gradient(cell, params, batch, names, *, method, scale, chunk, elements, out, loss,
-                      workers):
+                      workers, processes):
     loss = loss if loss is not None else numeric_loss(cell, params, batch)
     truncated = getattr(getattr(cell, "truncation", None), "kind", "full") != "full"
     if method == "complex":
         return batched_complex_step(cell, params, batch, names, chunk=chunk, elements=elements,
-                                    out=out, loss=loss, workers=workers)
+                                    out=out, loss=loss, workers=workers, processes=processes)
     if method == "batched" and (not truncated or hasattr(loss, "losses")):
         # a truncation surrogate runs vectorised when it has its own ``losses``
         found = batched_central_differences(cell, params, batch, names, scale=scale, chunk=chunk,
                                             elements=elements, out=out, loss=loss,
-                                            workers=workers, losses=getattr(loss, "losses", None))
+                                            workers=workers, losses=getattr(loss, "losses", None),
+                                            processes=processes)
     else:
         found = central_differences(loss, params, names, scale=scale, elements=elements, out=out)
     return unflag_curvature(loss, params, found, scale=scale)

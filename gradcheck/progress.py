@@ -70,8 +70,14 @@ class TqdmBar:
 
     def start(self, what, total):
         from tqdm import tqdm                           # only when a check runs
-        self._bar = tqdm(total=total, desc=what, unit="element", file=self.file,
-                         delay=self.delay, leave=False, dynamic_ncols=True)
+
+        class Bar(tqdm):
+            # no monitor thread: the numeric oracle forks its workers only while this
+            # process runs one thread (gradcheck.probe_pool.can_fork)
+            monitor_interval = 0
+
+        self._bar = Bar(total=total, desc=what, unit="element", file=self.file,
+                        delay=self.delay, leave=False, dynamic_ncols=True)
 
     def update(self, n):
         if self._bar is not None:

@@ -1,6 +1,7 @@
 """The numeric oracle's progress: every element counted once, in every method."""
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -72,3 +73,15 @@ def test_the_bar_draws_the_task_and_its_count():
         numeric_gradient(cell, params, batch, ["U0"])
     text = out.getvalue()
     assert "numeric oracle" in text and f"/{params['U0'].size}" in text
+
+
+def test_the_bar_starts_no_thread_so_the_passes_still_fork():
+    import threading
+
+    from gradcheck.probe_pool import can_fork
+    if not sys.platform.startswith("linux"):
+        pytest.skip("forked workers need Linux")
+    with progress.showing(progress.TqdmBar(file=io.StringIO(), delay=0)):
+        with progress.task("numeric oracle", 10):
+            progress.advance(3)
+            assert threading.active_count() == 1 and can_fork()

@@ -272,7 +272,8 @@ def test_ctrl_c_during_the_threaded_passes_returns_without_waiting_for_them():
     begin = time.perf_counter()
     try:
         with pytest.raises(KeyboardInterrupt):
-            batched_central_differences(cell, params, batch, chunk=2, workers=2)
+            batched_central_differences(cell, params, batch, chunk=2, workers=2,
+                                        processes=False)
         waited = time.perf_counter() - begin
     finally:
         release.set()

@@ -1,6 +1,12 @@
 """Speed modes of the numeric oracle: batched finite differences, the complex step,
 and the directional ("fast") screen."""
 
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,17 +55,40 @@ def counted(cell):
 
     The batched paths call ``losses`` once to see whether they may (the readiness
     probe), and fall back to the scalar loss when not: more than one call says the
-    vectorised path ran (as tests/test_truncation.py asks of the surrogate's).
+    vectorised path ran (as tests/test_truncation.py asks of the surrogate's).  The
+    calls are counted in a file, so that those of forked workers count too.
     """
-    calls = []
+    spy, pids = pid_recorded(cell, Path(tempfile.mkdtemp()) / "calls")
+    return spy, CallCount(pids.path)
+
+
+class CallCount:
+    """``len()``: how many calls a ``pid_recorded`` cell made (in every process)."""
+
+    def __init__(self, path):
+        self.path = path
+        weakref.finalize(self, shutil.rmtree, path.parent, True)
+
+    def __len__(self):
+        return len(self.path.read_text().split()) if self.path.exists() else 0
+
+
+def pid_recorded(cell, path):
+    """(copy, pids): ``cell`` whose ``losses`` appends its process id to ``path`` (one
+    line a call), and ``pids()``, the distinct ids written there (seen across forks)."""
     original = type(cell).losses
 
-    class Counted(type(cell)):
+    class Recorded(type(cell)):
         def losses(self, stacked, batch):
-            calls.append(1)
+            with open(path, "a") as f:
+                f.write(f"{os.getpid()}\n")
             return original(self, stacked, batch)
 
-    return Counted(cell.config), calls
+    def pids():
+        return set(path.read_text().split()) if path.exists() else set()
+
+    pids.path = path
+    return Recorded(cell.config), pids
 
 
 def same(a, b):
@@ -419,20 +448,29 @@ print(kept, same)
         assert kept == "True"       # elsewhere it is allowed to decline
 
 
-# ------------------------------------------------------------ worker threads
+# ------------------------------------------------- worker threads and processes
+@pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 @pytest.mark.parametrize("cell", [CELLS[0], CELLS[3], CELLS[4]], ids=cell_id)
-def test_worker_threads_give_the_same_numbers(cell):
+def test_workers_give_the_same_numbers(cell, processes, tmp_path, monkeypatch):
+    from gradcheck import probe_pool
+    # fixed shares, so that every process runs passes (from the shared queue, a child
+    # started late may find it empty), and a fork for these few milliseconds of work
+    monkeypatch.setattr(probe_pool, "_ticket_queue", lambda count, first: None)
+    monkeypatch.setattr(probe_pool, "FORK_WORTH_SECONDS", 0.0)
     params, batch = holey_case(cell, seed=3)
     one = batched_central_differences(cell, params, batch, chunk=3, workers=1)
-    spy, calls = counted(cell)
-    three = batched_central_differences(spy, params, batch, chunk=3, workers=3)
-    assert len(calls) > 1                                     # the passes ran in the pool
+    spy, pids = pid_recorded(cell, tmp_path / "pids")
+    three = batched_central_differences(spy, params, batch, chunk=3, workers=3,
+                                        processes=processes)
     assert same(one, three)
+    # the passes ran in the pool: in this process only (threads), or in three
+    assert len(pids()) == (3 if processes else 1)
     if cell.supports_complex_step:
-        spy, calls = counted(cell)
+        spy, pids = pid_recorded(cell, tmp_path / "complex-pids")
         assert same(batched_complex_step(cell, params, batch, chunk=2, workers=1),
-                    batched_complex_step(spy, params, batch, chunk=2, workers=3))
-        assert len(calls) > 1
+                    batched_complex_step(spy, params, batch, chunk=2, workers=3,
+                                         processes=processes))
+        assert len(pids()) == (3 if processes else 1)
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True])
@@ -458,7 +496,7 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest(error):
 
     failing = Failing(cell.config)
     with pytest.raises(error):
-        batched_central_differences(failing, params, batch, chunk=1, workers=2)
+        batched_central_differences(failing, params, batch, chunk=1, workers=2, processes=False)
     total = sum(v.size for v in params.values())
     assert calls["n"] < total           # the passes not yet started were cancelled
 
@@ -466,7 +504,7 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_rest(error):
 def test_without_threadpoolctl_the_passes_run_on_one_thread(monkeypatch):
     import builtins
 
-    import gradcheck.finite_differences as fd
+    from gradcheck import probe_pool
     real_import = builtins.__import__
 
     def no_threadpoolctl(name, *args, **kwargs):
@@ -474,8 +512,12 @@ def test_without_threadpoolctl_the_passes_run_on_one_thread(monkeypatch):
             raise ImportError("no threadpoolctl here")
         return real_import(name, *args, **kwargs)
 
+    def no_fork():
+        raise AssertionError("forked")
+
     monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
-    monkeypatch.setattr(fd, "ThreadPoolExecutor", None)    # a thread pool would fail loudly
+    monkeypatch.setattr(probe_pool, "ThreadPoolExecutor", None)    # a pool would fail loudly
+    monkeypatch.setattr(os, "fork", no_fork)
     cell = CELLS[0]
     params, batch = make_case(cell)
     got = batched_central_differences(cell, params, batch, chunk=2, workers=2)
@@ -500,7 +542,7 @@ def test_a_large_parameter_is_perturbed_in_passes_that_fit_the_byte_budget():
     chosen = np.zeros(params["W0"].shape, dtype=bool)
     chosen.reshape(-1)[:128] = True
     batched_central_differences(Spy(cell.config), params, batch, names=["W0"],
-                                elements={"W0": chosen}, workers=2)
+                                elements={"W0": chosen}, workers=2, processes=False)
     moved = [p for p in seen if p][1:]                  # after the readiness probe (2 copies)
     assert sum(moved) == 2 * 128
     assert max(moved) * params["W0"].nbytes <= STACK_BYTES

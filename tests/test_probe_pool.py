@@ -1,0 +1,160 @@
+"""The pool that runs the numeric oracle's passes at once: threads, or forked processes."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gradcheck import probe_pool as pool_module
+from gradcheck.probe_pool import can_fork, probe_pool
+
+pytestmark = pytest.mark.skipif(not can_fork(), reason="forked workers need Linux and one thread")
+
+
+@pytest.fixture(autouse=True)
+def fork_for_any_work(monkeypatch):
+    """These items take milliseconds: fork for them all the same."""
+    monkeypatch.setattr(pool_module, "FORK_WORTH_SECONDS", 0.0)
+
+
+def run_all(fn, items, workers=2, processes=True):
+    """``{k: result}`` and the process ids that handed results to ``on_result``."""
+    got, callers = {}, set()
+
+    def on_result(k, result):
+        assert k not in got, f"item {k} twice"
+        got[k] = result
+        callers.add((os.getpid(), threading.get_ident()))
+
+    with probe_pool(workers, processes) as run:
+        run(fn, items, on_result)
+    return got, callers
+
+
+def square_with_pid(x):
+    time.sleep(0.005)                   # long enough that every process takes tickets
+    return x * x, os.getpid()
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_every_item_once_from_several_processes_handed_over_here(workers):
+    items = list(range(40))
+    got, callers = run_all(square_with_pid, items, workers)
+    assert {k: v[0] for k, v in got.items()} == {k: k * k for k in items}
+    assert len({pid for _, pid in got.values()}) == workers     # each process took some
+    assert callers == {(os.getpid(), threading.get_ident())}    # results arrive on this thread
+
+
+def test_a_queue_too_long_for_a_pipe_and_the_fixed_shares_give_the_same(monkeypatch):
+    items = list(range(20_000))                     # 80,000 bytes of tickets: over 64 KiB
+    got, _ = run_all(lambda x: 3 * x, items)
+    assert got == {k: 3 * k for k in items}
+    monkeypatch.setattr(pool_module, "_ticket_queue", lambda count, first: None)
+    shares, _ = run_all(square_with_pid, list(range(10)), workers=3)
+    pids = [shares[k][1] for k in range(10)]
+    # item 0 here, then k = j + 1, j + 4, ... in process j (this one is 0)
+    assert pids[0] == os.getpid() and pids[1::3] == [os.getpid()] * 3
+    assert len(set(pids[2::3])) == len(set(pids[3::3])) == 1 and len(set(pids)) == 3
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_failing_child_leaves_its_items_to_the_caller(how):
+    parent = os.getpid()
+
+    def fn(x):
+        if os.getpid() != parent:
+            if how == "raises":
+                raise RuntimeError("in a child")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x + 1, os.getpid()
+
+    got, _ = run_all(fn, list(range(12)))
+    assert {k: v[0] for k, v in got.items()} == {k: k + 1 for k in range(12)}
+    assert {pid for _, pid in got.values()} == {parent}
+
+
+def test_an_error_in_an_item_reaches_the_caller_and_no_child_is_left(tmp_path):
+    pids = tmp_path / "pids"
+
+    def fn(x):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.005)
+        if x == 5:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    with pytest.raises(ValueError, match="bad item 5"):
+        run_all(fn, list(range(30)))
+    children = set(map(int, pids.read_text().split())) - {os.getpid()}
+    assert children, "no child ran"
+    for pid in children:                            # reaped: no zombie, nothing running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_ctrl_c_kills_the_children_at_once(monkeypatch):
+    # a child sends the caller a real SIGINT, then blocks for a minute
+    parent = os.getpid()
+    children = []
+    original = pool_module._fork_child
+
+    def recorded(*args):
+        child = original(*args)
+        children.append(child.pid)
+        return child
+
+    monkeypatch.setattr(pool_module, "_fork_child", recorded)
+
+    def fn(x):
+        if os.getpid() != parent:
+            os.kill(parent, signal.SIGINT)
+            time.sleep(60)
+        return x
+
+    def on_result(k, result):
+        pass
+
+    begin = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        with probe_pool(2, True) as run:
+            run(fn, list(range(10_000)), on_result)
+    assert time.perf_counter() - begin < 30
+    assert children
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_few_milliseconds_of_work_run_here_without_a_fork(monkeypatch):
+    def no_fork():
+        raise AssertionError("forked for a few milliseconds of work")
+
+    monkeypatch.setattr(pool_module, "FORK_WORTH_SECONDS", 0.05)
+    monkeypatch.setattr(os, "fork", no_fork)
+    got, _ = run_all(lambda x: (time.sleep(0.001), x)[1], list(range(10)))
+    assert got == {k: k for k in range(10)}
+    monkeypatch.undo()
+    monkeypatch.setattr(pool_module, "FORK_WORTH_SECONDS", 0.05)
+    slow, _ = run_all(lambda x: (time.sleep(0.01), os.getpid())[1], list(range(20)))
+    assert len(set(slow.values())) == 2             # 190 ms of work left: forked
+
+
+def test_with_another_thread_running_the_pool_uses_threads(monkeypatch):
+    def no_fork():
+        raise AssertionError("forked with another thread running")
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not can_fork()
+        monkeypatch.setattr(os, "fork", no_fork)
+        got, _ = run_all(lambda x: np.sqrt(x), list(range(10)))
+    finally:
+        stop.set()
+        other.join()
+    assert got == {k: np.sqrt(k) for k in range(10)}
