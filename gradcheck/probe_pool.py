@@ -70,9 +70,10 @@ def probe_workers(workers=None) -> int:
 
 def can_fork() -> bool:
     """Whether passes may run in forked processes here: Linux (macOS's system libraries
-    are not safe across fork), and no Python thread but this one."""
+    are not safe across fork), and no Python thread but this one, the main thread."""
     return (sys.platform.startswith("linux") and hasattr(os, "fork")
-            and threading.active_count() == 1)
+            and threading.active_count() == 1
+            and threading.current_thread() is threading.main_thread())
 
 
 @contextlib.contextmanager
@@ -161,7 +162,7 @@ def _run_forked(fn, items, on_result, workers):
     children = []
     try:
         for share in shares[1:]:
-            children.append(_fork_child(fn, items, share))
+            _fork_child(fn, items, share, children)
     except BaseException:
         _close(tickets, children)
         raise
@@ -174,10 +175,8 @@ def _run_forked(fn, items, on_result, workers):
     try:
         for k in shares[0]:
             take(k, fn(items[k]))
-            for child in children:                  # what the children finished meanwhile
-                child.read(take, block=False)
-        for child in children:
-            child.read(take, block=True)            # to the end of its pipe
+            _receive(children, take, block=False)   # what the children finished meanwhile
+        _receive(children, take, block=True)        # to the end of every child's pipe
     finally:
         _close(tickets, children)
     # a child that failed or died: its remaining items, here (an error in fn is raised)
@@ -236,29 +235,40 @@ def _tickets(fd):
         yield _TICKET.unpack(ticket)[0]
 
 
+def _receive(children, take, block):
+    """Hand the children's finished results to ``take``: what their pipes hold now, or,
+    when ``block``, everything up to the end of every pipe (read as it comes, so that no
+    child waits on a full pipe)."""
+    while True:
+        open_fds = {child.fd: child for child in children if child.open}
+        if not open_fds:
+            return
+        ready, _, _ = select.select(list(open_fds), [], [], None if block else 0)
+        if not ready:
+            return
+        for fd in ready:
+            open_fds[fd].read(take)
+
+
 class _Child:
     """A forked child's pid and the read end of its pipe, with the bytes not yet parsed."""
 
     def __init__(self, pid, fd):
         self.pid, self.fd, self.buffer, self.open = pid, fd, bytearray(), True
 
-    def read(self, take, block):
-        """Hand every complete message to ``take(k, result)``; to the end of the pipe
-        when ``block``, else only what is there now."""
-        while self.open:
-            if not block and not select.select([self.fd], [], [], 0)[0]:
-                return
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                self.open = False
-            self.buffer += chunk
-            while len(self.buffer) >= _HEADER.size:
-                size, = _HEADER.unpack_from(self.buffer)
-                if len(self.buffer) < _HEADER.size + size:
-                    break
-                k, result = pickle.loads(self.buffer[_HEADER.size:_HEADER.size + size])
-                del self.buffer[:_HEADER.size + size]
-                take(k, result)
+    def read(self, take):
+        """One read from the pipe; hand every complete message to ``take(k, result)``."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            self.open = False
+        self.buffer += chunk
+        while len(self.buffer) >= _HEADER.size:
+            size, = _HEADER.unpack_from(self.buffer)
+            if len(self.buffer) < _HEADER.size + size:
+                break
+            k, result = pickle.loads(self.buffer[_HEADER.size:_HEADER.size + size])
+            del self.buffer[:_HEADER.size + size]
+            take(k, result)
 
     def close(self):
         """Close the pipe and reap the child, killing it first if it is still running
@@ -270,20 +280,36 @@ class _Child:
         os.waitpid(self.pid, 0)
 
 
-def _fork_child(fn, items, mine):
+def _fork_child(fn, items, mine, children):
+    """Fork a child running ``fn`` over the items ``mine`` yields; its ``_Child`` is
+    appended to ``children``.  A Ctrl-C meanwhile is held back until the child is in
+    ``children``, so that it is killed with the others (a process's SIGINT may reach a
+    BLAS thread, so masking it on this thread would not hold it back)."""
     read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns of a fork in a multi-threaded process, counting threads
-        # Python does not own (the BLAS library's idle pool); can_fork() saw no other
-        # Python thread, and the child runs fn only, then leaves by os._exit
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid:
+    held = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of a fork in a multi-threaded process, counting threads
+            # Python does not own (the BLAS library's idle pool); can_fork() saw no other
+            # Python thread, and the child runs fn only, then leaves by os._exit
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            _child_main(fn, items, mine, read_fd, write_fd, handler)
         os.close(write_fd)
-        return _Child(pid, read_fd)
-    # the child: fn over its items, each result to the pipe; it never returns from here
+        children.append(_Child(pid, read_fd))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if held:
+            signal.raise_signal(signal.SIGINT)      # now, through the caller's handler
+
+
+def _child_main(fn, items, mine, read_fd, write_fd, handler):
+    """The child: ``fn`` over its items, each result to the pipe; it never returns."""
     code = 1
     try:
+        signal.signal(signal.SIGINT, handler)
         os.close(read_fd)
         for k in mine:                              # a range, or the shared ticket queue
             data = pickle.dumps((k, fn(items[k])), protocol=pickle.HIGHEST_PROTOCOL)

@@ -1,5 +1,6 @@
 """The pool that runs the numeric oracle's passes at once: threads, or forked processes."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -10,6 +11,8 @@ import pytest
 
 from gradcheck import probe_pool as pool_module
 from gradcheck.probe_pool import can_fork, probe_pool
+
+FORK = os.fork
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="forked workers need Linux and one thread")
 
@@ -100,19 +103,19 @@ def test_ctrl_c_kills_the_children_at_once(monkeypatch):
     # a child sends the caller a real SIGINT, then blocks for a minute
     parent = os.getpid()
     children = []
-    original = pool_module._fork_child
 
-    def recorded(*args):
-        child = original(*args)
-        children.append(child.pid)
-        return child
+    class Recorded(pool_module._Child):
+        def __init__(self, pid, fd):
+            super().__init__(pid, fd)
+            children.append(pid)
 
-    monkeypatch.setattr(pool_module, "_fork_child", recorded)
+    monkeypatch.setattr(pool_module, "_Child", Recorded)
 
     def fn(x):
         if os.getpid() != parent:
             os.kill(parent, signal.SIGINT)
             time.sleep(60)
+        time.sleep(0.001)               # the child finds tickets left, however late it starts
         return x
 
     def on_result(k, result):
@@ -129,18 +132,61 @@ def test_ctrl_c_kills_the_children_at_once(monkeypatch):
             os.kill(pid, 0)
 
 
+class OneMillisecondEachRead:
+    """A clock for ``probe_pool``'s ``time`` that moves 1 ms each read: the first item,
+    timed by two reads, takes 1 ms however loaded the machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1e-3
+        return self.now
+
+
 def test_a_few_milliseconds_of_work_run_here_without_a_fork(monkeypatch):
     def no_fork():
         raise AssertionError("forked for a few milliseconds of work")
 
     monkeypatch.setattr(pool_module, "FORK_WORTH_SECONDS", 0.05)
+    monkeypatch.setattr(pool_module, "time", OneMillisecondEachRead())
     monkeypatch.setattr(os, "fork", no_fork)
-    got, _ = run_all(lambda x: (time.sleep(0.001), x)[1], list(range(10)))
-    assert got == {k: k for k in range(10)}
-    monkeypatch.undo()
-    monkeypatch.setattr(pool_module, "FORK_WORTH_SECONDS", 0.05)
-    slow, _ = run_all(lambda x: (time.sleep(0.01), os.getpid())[1], list(range(20)))
-    assert len(set(slow.values())) == 2             # 190 ms of work left: forked
+    got, _ = run_all(lambda x: (x, os.getpid()), list(range(50)))    # 49 ms left: here
+    assert got == {k: (k, os.getpid()) for k in range(50)}
+    monkeypatch.setattr(os, "fork", FORK)
+    slow, _ = run_all(square_with_pid, list(range(52)))                # 51 ms left: forked
+    assert len({pid for _, pid in slow.values()}) == 2
+
+
+def test_ctrl_c_just_after_a_fork_still_kills_that_child(monkeypatch):
+    # SIGINT reaches this process as fork returns, before the child is on the list of
+    # children: the KeyboardInterrupt must wait until it is, or the child is left running
+    forked, parent = [], os.getpid()
+
+    def fork_then_ctrl_c():
+        pid = FORK()
+        if pid:
+            forked.append(pid)
+            signal.raise_signal(signal.SIGINT)
+        return pid
+
+    def fn(x):
+        if os.getpid() != parent:
+            time.sleep(60)
+        return x
+
+    monkeypatch.setattr(os, "fork", fork_then_ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_all(fn, list(range(20)))
+        assert len(forked) == 1
+        with pytest.raises(ProcessLookupError):         # killed and reaped
+            os.kill(forked[0], 0)
+    finally:
+        for pid in forked:                              # a child left running: end it
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
 
 def test_with_another_thread_running_the_pool_uses_threads(monkeypatch):
