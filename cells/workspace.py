@@ -21,8 +21,9 @@ A thread's buffers live as long as the thread: up to the largest working set
 of a call it made, at most ``KEEP_LIMIT_BYTES`` (1 GiB; beyond it arrays are
 allocated afresh).  ``release()`` frees the calling thread's buffers.  The
 numeric oracle's vectorised passes (``losses``) do not use it: they run on
-worker threads that end with the oracle, and measured slower with it (their
-arrays are capped in size, and malloc reuses them within a pass).
+worker threads or processes that end with the oracle, and measured slower
+with it (their arrays are capped in size, and malloc reuses them within a
+pass).
 """
 
 from __future__ import annotations
