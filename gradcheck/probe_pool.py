@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -119,13 +119,13 @@ def _thread_pool(workers):
         futures = {pool.submit(fn, item): k for k, item in enumerate(items)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 if future.exception() is not None:
                     for other in pending:
                         other.cancel()
                     raise future.exception()
-                on_result(futures[future], future.result())
+                on_result(futures[future], future.result())     # as each pass ends
 
     try:
         yield run

@@ -14,7 +14,7 @@ from gradcheck.probe_pool import can_fork, probe_pool
 
 FORK = os.fork
 
-pytestmark = pytest.mark.skipif(not can_fork(), reason="forked workers need Linux and one thread")
+forking = pytest.mark.skipif(not can_fork(), reason="forked workers need Linux and one thread")
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,7 @@ def square_with_pid(x):
     return x * x, os.getpid()
 
 
+@forking
 @pytest.mark.parametrize("workers", [2, 3])
 def test_every_item_once_from_several_processes_handed_over_here(workers):
     items = list(range(40))
@@ -51,6 +52,7 @@ def test_every_item_once_from_several_processes_handed_over_here(workers):
     assert callers == {(os.getpid(), threading.get_ident())}    # results arrive on this thread
 
 
+@forking
 def test_a_queue_too_long_for_a_pipe_and_the_fixed_shares_give_the_same(monkeypatch):
     items = list(range(20_000))                     # 80,000 bytes of tickets: over 64 KiB
     got, _ = run_all(lambda x: 3 * x, items)
@@ -63,6 +65,7 @@ def test_a_queue_too_long_for_a_pipe_and_the_fixed_shares_give_the_same(monkeypa
     assert len(set(pids[2::3])) == len(set(pids[3::3])) == 1 and len(set(pids)) == 3
 
 
+@forking
 @pytest.mark.parametrize("how", ["raises", "dies"])
 def test_a_failing_child_leaves_its_items_to_the_caller(how):
     parent = os.getpid()
@@ -79,6 +82,7 @@ def test_a_failing_child_leaves_its_items_to_the_caller(how):
     assert {pid for _, pid in got.values()} == {parent}
 
 
+@forking
 def test_an_error_in_an_item_reaches_the_caller_and_no_child_is_left(tmp_path):
     pids = tmp_path / "pids"
 
@@ -99,6 +103,7 @@ def test_an_error_in_an_item_reaches_the_caller_and_no_child_is_left(tmp_path):
             os.kill(pid, 0)
 
 
+@forking
 def test_ctrl_c_kills_the_children_at_once(monkeypatch):
     # a child sends the caller a real SIGINT, then blocks for a minute
     parent = os.getpid()
@@ -144,6 +149,7 @@ class OneMillisecondEachRead:
         return self.now
 
 
+@forking
 def test_a_few_milliseconds_of_work_run_here_without_a_fork(monkeypatch):
     def no_fork():
         raise AssertionError("forked for a few milliseconds of work")
@@ -158,6 +164,7 @@ def test_a_few_milliseconds_of_work_run_here_without_a_fork(monkeypatch):
     assert len({pid for _, pid in slow.values()}) == 2
 
 
+@forking
 def test_ctrl_c_just_after_a_fork_still_kills_that_child(monkeypatch):
     # SIGINT reaches this process as fork returns, before the child is on the list of
     # children: the KeyboardInterrupt must wait until it is, or the child is left running
@@ -204,3 +211,23 @@ def test_with_another_thread_running_the_pool_uses_threads(monkeypatch):
         stop.set()
         other.join()
     assert got == {k: np.sqrt(k) for k in range(10)}
+
+
+def test_on_threads_each_result_is_handed_over_as_its_pass_ends():
+    # pass 1 waits until pass 0's result has reached on_result: handed over only once
+    # every pass had ended, it would wait in vain
+    handed = threading.Event()
+
+    def fn(x):
+        return x if x == 0 else handed.wait(10)
+
+    got = {}
+
+    def on_result(k, result):
+        got[k] = result
+        if k == 0:
+            handed.set()
+
+    with probe_pool(2, processes=False) as run:
+        run(fn, [0, 1], on_result)
+    assert got == {0: 0, 1: True}
