@@ -23,7 +23,8 @@ this process and W - 1 forked children take from one at a time.  A child
 writes each result to a pipe as it finishes, and the caller reads them
 between its own passes.  A child that fails or dies leaves its items to the
 caller, which computes them itself: an error in ``fn`` is raised there, with
-its own traceback.  Ctrl-C or an error in the caller kills the children.
+its own traceback.  Ctrl-C or an error in the caller kills the children, and
+the kernel kills them if the caller dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -286,6 +287,7 @@ def _fork_child(fn, items, mine, children):
     ``children``, so that it is killed with the others (a process's SIGINT may reach a
     BLAS thread, so masking it on this thread would not hold it back)."""
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     held = []
     handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
@@ -296,7 +298,7 @@ def _fork_child(fn, items, mine, children):
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:
-            _child_main(fn, items, mine, read_fd, write_fd, handler)
+            _child_main(fn, items, mine, read_fd, write_fd, handler, parent)
         os.close(write_fd)
         children.append(_Child(pid, read_fd))
     finally:
@@ -305,11 +307,12 @@ def _fork_child(fn, items, mine, children):
             signal.raise_signal(signal.SIGINT)      # now, through the caller's handler
 
 
-def _child_main(fn, items, mine, read_fd, write_fd, handler):
+def _child_main(fn, items, mine, read_fd, write_fd, handler, parent):
     """The child: ``fn`` over its items, each result to the pipe; it never returns."""
     code = 1
     try:
         signal.signal(signal.SIGINT, handler)
+        _end_with(parent)
         os.close(read_fd)
         for k in mine:                              # a range, or the shared ticket queue
             data = pickle.dumps((k, fn(items[k])), protocol=pickle.HIGHEST_PROTOCOL)
@@ -319,3 +322,16 @@ def _child_main(fn, items, mine, read_fd, write_fd, handler):
         code = 0
     finally:
         os._exit(code)
+
+
+def _end_with(parent):
+    """Have the kernel kill this child when the process that forked it ends, however it
+    ends (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; without it a child outlives a killed
+    caller until its next write to the closed pipe)."""
+    import ctypes                                   # in the child only
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                      # it ended before the call took effect
+        os._exit(1)

@@ -3,8 +3,11 @@
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +234,52 @@ def test_on_threads_each_result_is_handed_over_as_its_pass_ends():
     with probe_pool(2, processes=False) as run:
         run(fn, [0, 1], on_result)
     assert got == {0: 0, 1: True}
+
+
+@forking
+def test_a_child_ends_with_its_caller_however_the_caller_ends(tmp_path):
+    # a caller killed outright (SIGKILL: no Python runs) while its child is mid-pass
+    pids = tmp_path / "child"
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from gradcheck import probe_pool
+probe_pool.FORK_WORTH_SECONDS = 0.0
+parent = os.getpid()
+
+def fn(x):
+    if os.getpid() != parent:
+        with open({str(pids)!r}, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+    time.sleep(0.01)
+    return x
+
+with probe_pool.probe_pool(2, True) as run:
+    run(fn, list(range(10_000)), lambda k, r: None)
+"""
+    caller = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 30
+        while not (pids.exists() and pids.read_text()) and time.time() < deadline:
+            time.sleep(0.05)
+        child = int(pids.read_text())
+        caller.kill()
+        caller.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and _running(child):
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        caller.kill()
+        if pids.exists() and pids.read_text() and _running(int(pids.read_text())):
+            os.kill(int(pids.read_text()), signal.SIGKILL)
+
+
+def _running(pid):
+    """Whether process ``pid`` is alive (a zombie awaiting its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
