@@ -279,7 +279,9 @@ def _run_passes(run, one_pass, store, finish, names, items, out):
     """Every pass of ``items`` through the pool's ``run``: ``store(name, i, result)`` as
     each result arrives, and ``out[name] = finish(name)`` once a parameter's passes are
     all in (a parameter without passes at once), so an interrupted run keeps those.
-    ``out`` ends in the order of ``names``, whatever order they finished in."""
+    Names new to ``out`` end in the order of ``names``, whatever order they finished in
+    (a name already there keeps its place, as ``central_differences`` leaves it)."""
+    fresh = [name for name in names if name not in out]
     missing = dict.fromkeys(names, 0)
     for name, _ in items:
         missing[name] += 1
@@ -296,7 +298,7 @@ def _run_passes(run, one_pass, store, finish, names, items, out):
             out[name] = finish(name)
 
     run(one_pass, items, on_result)
-    for name in names:
+    for name in fresh:
         out[name] = out.pop(name)
 
 

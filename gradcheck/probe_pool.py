@@ -15,9 +15,10 @@ whichever thread or process computed it, so the numbers do not depend on the
 worker count.
 
 Processes are forked (Linux only), when the caller says the passes are safe
-to run in a fork (the reference cells' passes run NumPy only) and this
-process has no other Python thread (a lock held by one would stay held in
-the child).  The first item runs here, timed; the others, when they would
+to run in a fork (the reference cells' passes run NumPy only), from the main
+thread of a process with no other Python thread (a lock held by one would
+stay held in the child).  A fork that fails (no more processes) leaves the
+work to those there are.  The first item runs here, timed; the others, when they would
 take ``FORK_WORTH_SECONDS`` or more, go to a queue of tickets (a pipe) that
 this process and W - 1 forked children take from one at a time.  A child
 writes each result to a pipe as it finishes, and the caller reads them
@@ -39,7 +40,7 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -118,15 +119,13 @@ def _thread_pool(workers):
 
     def run(fn, items, on_result):
         futures = {pool.submit(fn, item): k for k, item in enumerate(items)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise future.exception()
-                on_result(futures[future], future.result())     # as each pass ends
+        try:
+            for future in as_completed(futures):                # as each pass ends
+                on_result(futures[future], future.result())     # raises fn's error
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
     try:
         yield run
@@ -164,6 +163,8 @@ def _run_forked(fn, items, on_result, workers):
     try:
         for share in shares[1:]:
             _fork_child(fn, items, share, children)
+    except OSError:
+        pass            # no more processes (EAGAIN, ENOMEM): on with those there are
     except BaseException:
         _close(tickets, children)
         raise
@@ -187,11 +188,24 @@ def _run_forked(fn, items, on_result, workers):
 
 
 def _close(tickets, children):
-    """Close the ticket queue and reap the children (killing those still running)."""
-    if tickets is not None:
-        os.close(tickets)
-    for child in children:
-        child.close()
+    """Close the ticket queue and the children's pipes, kill the children still running
+    (Ctrl-C, or an error here), and reap them all, whatever fails on the way."""
+    try:
+        if tickets is not None:
+            os.close(tickets)
+    finally:
+        for child in children:
+            child.kill()
+        _reap(children)
+
+
+def _reap(children):
+    """Reap every child, even if reaping one is interrupted (a second Ctrl-C)."""
+    if children:
+        try:
+            children[0].reap()
+        finally:
+            _reap(children[1:])
 
 
 # one ticket: an item's index, read whole (a pipe's reads of at most PIPE_BUF bytes
@@ -239,15 +253,18 @@ def _tickets(fd):
 def _receive(children, take, block):
     """Hand the children's finished results to ``take``: what their pipes hold now, or,
     when ``block``, everything up to the end of every pipe (read as it comes, so that no
-    child waits on a full pipe)."""
+    child waits on a full pipe).  ``poll``, as ``select`` takes no descriptor past 1023."""
     while True:
         open_fds = {child.fd: child for child in children if child.open}
         if not open_fds:
             return
-        ready, _, _ = select.select(list(open_fds), [], [], None if block else 0)
+        poller = select.poll()
+        for fd in open_fds:
+            poller.register(fd, select.POLLIN)
+        ready = poller.poll(None if block else 0)
         if not ready:
             return
-        for fd in ready:
+        for fd, _ in ready:
             open_fds[fd].read(take)
 
 
@@ -271,14 +288,21 @@ class _Child:
             del self.buffer[:_HEADER.size + size]
             take(k, result)
 
-    def close(self):
-        """Close the pipe and reap the child, killing it first if it is still running
-        (Ctrl-C, or an error here)."""
-        os.close(self.fd)
-        if self.open:
+    def kill(self):
+        """Close the pipe; SIGKILL the child unless it closed its end (it has finished)."""
+        running, self.open = self.open, False
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+
+    def reap(self):
+        """Wait for the child to end (no zombie left); a process that ignores SIGCHLD has
+        its children reaped by the kernel instead."""
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
 
 def _fork_child(fn, items, mine, children):
@@ -291,12 +315,17 @@ def _fork_child(fn, items, mine, children):
     held = []
     handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns of a fork in a multi-threaded process, counting threads
-            # Python does not own (the BLAS library's idle pool); can_fork() saw no other
-            # Python thread, and the child runs fn only, then leaves by os._exit
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of a fork in a multi-threaded process, counting
+                # threads Python does not own (the BLAS library's idle pool); can_fork()
+                # saw no other Python thread, and the child runs fn only, then os._exit
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
         if pid == 0:
             _child_main(fn, items, mine, read_fd, write_fd, handler, parent)
         os.close(write_fd)

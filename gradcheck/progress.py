@@ -1,8 +1,8 @@
 """Progress of the numeric oracle, for a caller that shows it.
 
 The numeric oracle announces how many elements it will differentiate
-(``task``) and reports each finished pass (``advance``), from whichever thread
-ran the pass.  Nothing is shown, and nothing costs more than a global look-up,
+(``task``) and reports each finished pass (``advance``), on the thread that
+called it, whichever thread or worker process ran the pass.  Nothing is shown, and nothing costs more than a global look-up,
 unless a caller installed a display with ``showing``: the ``gradcheck``
 command does, a :class:`TqdmBar` on stderr when stderr is a terminal (a check
 of a large cell can run for minutes).

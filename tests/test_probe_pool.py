@@ -283,3 +283,86 @@ def _running(pid):
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@forking
+def test_a_fork_that_fails_leaves_the_work_to_the_processes_there_are(monkeypatch):
+    forks = []
+
+    def fork_once_then_fail():
+        if forks:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        forks.append(1)
+        return FORK()
+
+    monkeypatch.setattr(os, "fork", fork_once_then_fail)
+    before = open_descriptors()
+    got, _ = run_all(square_with_pid, list(range(30)), workers=3)
+    assert {k: v[0] for k, v in got.items()} == {k: k * k for k in range(30)}
+    assert len({pid for _, pid in got.values()}) == 2 and len(forks) == 1
+    assert open_descriptors() == before
+
+
+@forking
+def test_pipes_past_descriptor_1023_are_read():
+    import resource
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("fewer than 1200 file descriptors allowed")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        got, _ = run_all(square_with_pid, list(range(20)))
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert {k: v[0] for k, v in got.items()} == {k: k * k for k in range(20)}
+    assert len({pid for _, pid in got.values()}) == 2
+
+
+@forking
+def test_a_process_that_ignores_sigchld_gets_its_results():
+    before = open_descriptors()
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)    # the kernel reaps children
+    try:
+        got, _ = run_all(square_with_pid, list(range(20)), workers=3)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert {k: v[0] for k, v in got.items()} == {k: k * k for k in range(20)}
+    assert open_descriptors() == before
+
+
+@forking
+def test_a_second_ctrl_c_while_reaping_still_kills_every_child(monkeypatch, tmp_path):
+    parent, children = os.getpid(), []
+    first = tmp_path / "first"
+
+    class Recorded(pool_module._Child):
+        def __init__(self, pid, fd):
+            super().__init__(pid, fd)
+            children.append(pid)
+
+        def reap(self):
+            if self.pid == children[0]:
+                raise KeyboardInterrupt     # the second Ctrl-C, while reaping the first
+            super().reap()
+
+    def fn(x):
+        if os.getpid() != parent:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(first, os.O_CREAT | os.O_EXCL))
+                os.kill(parent, signal.SIGINT)          # one Ctrl-C, from one child
+            time.sleep(60)
+        time.sleep(0.001)
+        return x
+
+    monkeypatch.setattr(pool_module, "_Child", Recorded)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(fn, list(range(10_000)), workers=3)
+    assert len(children) == 2
+    os.waitpid(children[0], 0)                      # the one whose reaping was cut short
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -453,6 +453,8 @@ print(kept, same)
 @pytest.mark.parametrize("cell", [CELLS[0], CELLS[3], CELLS[4]], ids=cell_id)
 def test_workers_give_the_same_numbers(cell, processes, tmp_path, monkeypatch):
     from gradcheck import probe_pool
+    if processes and not probe_pool.can_fork():
+        pytest.skip("forked workers need Linux and one thread")
     # fixed shares, so that every process runs passes (from the shared queue, a child
     # started late may find it empty), and a fork for these few milliseconds of work
     monkeypatch.setattr(probe_pool, "_ticket_queue", lambda count, first: None)
@@ -586,3 +588,17 @@ def test_a_large_embedding_reaches_the_cell_as_perturbed_rows():
     # the same numbers as one copy at a time, to the bit (NaN: elements not asked for)
     assert np.array_equal(got["E"].value, want["E"].value, equal_nan=True)
     assert np.isfinite(got["E"].value[used]).all() and np.isnan(got["E"].value[~used]).all()
+
+
+def test_a_parameter_already_in_out_keeps_its_place():
+    # as central_differences leaves it: a name already in ``out`` is overwritten in place
+    cell = CELLS[0]
+    params, batch = make_case(cell)
+    for differences in (central_differences, batched_central_differences):
+        out = {"earlier": None, "U0": None}
+        loss = (lambda p: cell.loss(p, batch)) if differences is central_differences else None
+        if loss is None:
+            differences(cell, params, batch, ["c", "U0", "b0"], out=out)
+        else:
+            differences(loss, params, ["c", "U0", "b0"], out=out)
+        assert list(out) == ["earlier", "U0", "c", "b0"], differences.__name__
