@@ -18,9 +18,9 @@ Processes are forked (Linux only), when the caller says the passes are safe
 to run in a fork (the reference cells' passes run NumPy only), from the main
 thread of a process with no other Python thread (a lock held by one would
 stay held in the child).  A fork that fails (no more processes) leaves the
-work to those there are.  The first item runs here, timed; the others, when they would
-take ``FORK_WORTH_SECONDS`` or more, go to a queue of tickets (a pipe) that
-this process and W - 1 forked children take from one at a time.  A child
+work to those there are.  The first item runs here, timed; the others, when
+they would take ``FORK_WORTH_SECONDS`` or more, go to a queue of tickets (a
+pipe) that this process and W - 1 forked children take from one at a time.  A child
 writes each result to a pipe as it finishes, and the caller reads them
 between its own passes.  A child that fails or dies leaves its items to the
 caller, which computes them itself: an error in ``fn`` is raised there, with
@@ -230,8 +230,12 @@ def _ticket_queue(count, first=0):
                 return None
         data = b"".join(_TICKET.pack(k) for k in range(first, count))
         os.set_blocking(write_fd, False)
-        if os.write(write_fd, data) != len(data):
-            os.close(read_fd)
+        try:
+            written = os.write(write_fd, data)
+        except BlockingIOError:                     # no room at all
+            written = 0
+        if written != len(data):                    # (a user past pipe-user-pages-soft
+            os.close(read_fd)                       # gets one-page pipes)
             return None
     except BaseException:
         os.close(read_fd)

@@ -366,3 +366,23 @@ def test_a_second_ctrl_c_while_reaping_still_kills_every_child(monkeypatch, tmp_
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("room", [0, 4096])
+def test_a_pipe_too_small_for_the_queue_gives_fixed_shares(monkeypatch, room):
+    # a user past the kernel's pipe-user-pages-soft gets one-page pipes; a full one
+    # refuses the write outright: no queue then (fixed shares), and no descriptor left
+    real_write = os.write
+
+    def short_write(fd, data):
+        if len(data) < 8_000:
+            return real_write(fd, data)
+        if room == 0:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_write(fd, data[:room])
+
+    before = open_descriptors()
+    monkeypatch.setattr(os, "write", short_write)
+    assert pool_module._ticket_queue(3_000, first=1) is None
+    monkeypatch.undo()
+    assert open_descriptors() == before
