@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck.finite_differences import STEP_SCALE, _chunks, _kinks, _stack_limit, curve_central
+from gradcheck.finite_differences import (STEP_SCALE, _chunks, _forks, _kinks, _stack_limit,
+                                          curve_central)
 from gradcheck.params import ParamSpec
+from gradcheck.probe_pool import probe_pool, probe_workers
 from gradcheck.tolerance import Tolerance, agree, same_loss
 from gradcheck.truncation import run_steps, step_states
 
@@ -306,14 +308,19 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
     For each step t, every +e v and -e v of the rows runs as one probe batch: step t with
     the stacked parameters, then steps t + 1 .. T - 1 on (P, B, ...) states; likewise
     every +e u and -e u of the state adjoints.  The same differences as ``_numeric``,
-    to rounding (the products run on stacked arrays).
+    to rounding (the products run on stacked arrays).  The steps run on worker
+    processes (``gradcheck.probe_pool``) where the numeric oracle's would: the same
+    numbers whichever process computes a step.
     """
     T = batch.mask.shape[0]
     x, states, outs = base
     f0 = _base_loss(cell, params, batch, base)
     step = np.zeros((len(rows), T, len(step_dirs[0][0]) if rows else 0))
     adjoint = np.zeros((len(adjoint_dirs), T, len(adjoint_dirs[0][0]) if adjoint_dirs else 0))
-    for t in range(T):
+
+    def one_step(t):
+        """Step t's differences: its rows of ``step`` and of ``adjoint``."""
+        step_t, adjoint_t = np.zeros_like(step[:, t]), np.zeros_like(adjoint[:, t])
         probes = [(i, d, rows[i][0], v) for i in range(len(rows))
                   for d, v in enumerate(step_dirs[i][t])]
         for chunk in _probe_chunks(probes, params):
@@ -330,7 +337,7 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
             f = _finish(cell, params, batch, base, t, state, P)
             for k, (i, d, _, _) in enumerate(chunk):
                 # (L(+e) - L(-e)) / 2e
-                step[i, t, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
+                step_t[i, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
         probes = [(layer, d, u) for layer in range(len(adjoint_dirs))
                   for d, u in enumerate(adjoint_dirs[layer][t])]
         if probes:
@@ -342,7 +349,17 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
                 state[layer][2 * k + 1] = states[t + 1][layer] + (-eps) * u
             f = _finish(cell, params, batch, base, t, state, P)
             for k, (layer, d, _) in enumerate(probes):
-                adjoint[layer, t, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
+                adjoint_t[layer, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
+        return step_t, adjoint_t
+
+    def store(t, found):
+        step[:, t], adjoint[:, t] = found
+
+    # the steps at once on worker processes, where the numeric oracle's passes would
+    # fork (on threads these small batches would wait for each other's GIL: one at a time)
+    forks = _forks(cell, None)
+    with probe_pool(probe_workers() if forks else 1, forks) as run:
+        run(one_step, list(range(T)), store)
     # the few moves whose one-sided differences disagree: again one at a time, where
     # ``_directional`` tells a curve from a kink
     for i, t, d in np.argwhere(np.isnan(step)):

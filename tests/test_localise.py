@@ -399,3 +399,28 @@ def test_a_step_interface_that_drifts_from_loss_is_not_used_to_localise(options)
     assert any(n.startswith("not localised by time step: the step interface and loss() "
                             "compute different losses") for n in result.notes)
 
+
+
+def test_localisation_on_worker_processes_gives_the_same_numbers(monkeypatch):
+    from gradcheck import probe_pool
+    if not probe_pool.can_fork():
+        pytest.skip("forked workers need Linux and one thread")
+    cell = BROKEN_GRUS["reset-gate-derivative"](GRUConfig(layers=2))
+    rng = np.random.default_rng(7)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 6, 3)
+    tolerances = {n: resolve_tolerance() for n in params}
+    monkeypatch.setattr(type(cell), "probes_fork_safe", False)      # one process
+    alone = localise(cell, params, batch, cell.param_specs(), tolerances, seed=7)
+    monkeypatch.undo()
+    forks = []
+    original = probe_pool._fork_child
+    monkeypatch.setattr(probe_pool, "_fork_child", lambda *a: forks.append(1) or original(*a))
+    monkeypatch.setattr(probe_pool, "FORK_WORTH_SECONDS", 0.0)      # fork for these few ms
+    monkeypatch.setattr(probe_pool, "_ticket_queue", lambda count, first: None)   # shares
+    shared = localise(cell, params, batch, cell.param_specs(), tolerances, seed=7)
+    assert forks                                                     # a child ran steps
+    assert np.array_equal(shared.step_values, alone.step_values, equal_nan=True)
+    assert np.array_equal(shared.adjoint_values, alone.adjoint_values, equal_nan=True)
+    assert shared.sentence() == alone.sentence()
+    assert "the error enters at t = 5 in layer 1, block r of W1, U1, b1" in alone.sentence()
