@@ -58,7 +58,7 @@ import numpy as np
 
 from gradcheck import progress
 from gradcheck.perturbed_rows import PerturbedRows
-from gradcheck.probe_pool import can_fork, probe_pool, probe_workers
+from gradcheck.probe_pool import forks_for, probe_pool, probe_workers
 
 __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "ComplexStepError",
            "NumericGradient", "element_steps", "central_differences", "batched_central_differences",
@@ -258,14 +258,6 @@ def _stack_limit(size: int, theta, probes_per_element: int, cell=None, name=None
     return max(1, min(size, STACK_BYTES // per_element))
 
 
-def _forks(cell, processes) -> bool:
-    """Whether the passes run in forked processes: where ``can_fork()``, as asked, or when
-    not asked, when the cell says its passes may (``probes_fork_safe``: NumPy only)."""
-    if processes is None:
-        processes = getattr(cell, "probes_fork_safe", False)
-    return bool(processes) and can_fork()
-
-
 def _pass_items(work, names, elements, size, probes_per_element, cell):
     """``(name, flat indices)`` of every pass, parameter by parameter: the selected
     elements in consecutive pieces of at most ``size`` (fewer for a large parameter,
@@ -363,7 +355,7 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
         losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     workers = probe_workers(workers) if vectorised else 1
-    processes = _forks(cell, processes)
+    processes = forks_for(cell, processes)
     with probe_pool(workers, processes) as run:
         f0 = float(loss(work))
         if not (vectorised and _batched_ready(cell, work, losses, f0, strict)):
@@ -530,7 +522,7 @@ def batched_complex_step(cell, params, batch, names=None, *, step: float = COMPL
         loss = loss if loss is not None else numeric_loss(cell, work, batch)
         return complex_step(loss, work, names, step=step, elements=elements, out=out)
     workers = probe_workers(workers)
-    processes = _forks(cell, processes)
+    processes = forks_for(cell, processes)
     size = 2 * probe_chunk(cell, batch, chunk, workers, processes)
     names = names if names is not None else list(work)
     out = {} if out is None else out

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradcheck.finite_differences import (STEP_SCALE, _chunks, _forks, _kinks, _stack_limit,
-                                          curve_central)
+from gradcheck.finite_differences import STEP_SCALE, _chunks, _kinks, _stack_limit, curve_central
 from gradcheck.params import ParamSpec
-from gradcheck.probe_pool import probe_pool, probe_workers
+from gradcheck.probe_pool import forks_for, probe_pool, probe_workers
 from gradcheck.tolerance import Tolerance, agree, same_loss
 from gradcheck.truncation import run_steps, step_states
 
@@ -357,7 +356,7 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
 
     # the steps at once on worker processes, where the numeric oracle's passes would
     # fork (on threads these small batches would wait for each other's GIL: one at a time)
-    forks = _forks(cell, None)
+    forks = forks_for(cell)
     with probe_pool(probe_workers() if forks else 1, forks) as run:
         run(one_step, list(range(T)), store)
     # the few moves whose one-sided differences disagree: again one at a time, where

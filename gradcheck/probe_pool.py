@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
-__all__ = ["probe_workers", "probe_pool", "can_fork", "FORK_WORTH_SECONDS"]
+__all__ = ["probe_workers", "probe_pool", "can_fork", "forks_for", "FORK_WORTH_SECONDS"]
 
 # a message from a child: its length, then the pickled (item index, result)
 _HEADER = struct.Struct("<Q")
@@ -76,6 +76,15 @@ def can_fork() -> bool:
     return (sys.platform.startswith("linux") and hasattr(os, "fork")
             and threading.active_count() == 1
             and threading.current_thread() is threading.main_thread())
+
+
+def forks_for(cell, processes=None) -> bool:
+    """Whether ``cell``'s passes run in forked processes: where ``can_fork()``, as asked,
+    or when not asked (None), when the cell says its passes may (``probes_fork_safe``:
+    they run NumPy only)."""
+    if processes is None:
+        processes = getattr(cell, "probes_fork_safe", False)
+    return bool(processes) and can_fork()
 
 
 @contextlib.contextmanager

@@ -2,8 +2,9 @@
 
 The numeric oracle announces how many elements it will differentiate
 (``task``) and reports each finished pass (``advance``), on the thread that
-called it, whichever thread or worker process ran the pass.  Nothing is shown, and nothing costs more than a global look-up,
-unless a caller installed a display with ``showing``: the ``gradcheck``
+called it, whichever thread or worker process ran the pass.  Nothing is
+shown, and nothing costs more than a global look-up, unless a caller
+installed a display with ``showing``: the ``gradcheck``
 command does, a :class:`TqdmBar` on stderr when stderr is a terminal (a check
 of a large cell can run for minutes).
 
