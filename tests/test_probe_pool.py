@@ -351,6 +351,11 @@ def test_a_second_ctrl_c_while_reaping_still_kills_every_child(monkeypatch, tmp_
 
     def fn(x):
         if os.getpid() != parent:
+            # once both children run (a Ctrl-C before the second fork leaves one child)
+            (tmp_path / f"started-{os.getpid()}").touch()
+            deadline = time.monotonic() + 30
+            while len(list(tmp_path.glob("started-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(first, os.O_CREAT | os.O_EXCL))
                 os.kill(parent, signal.SIGINT)          # one Ctrl-C, from one child
