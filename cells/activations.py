@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# a class axis this short is reduced class by class in log_softmax
+# a class axis this short is reduced class by class in log_normaliser
 SHORT_AXIS = 8
 
 __all__ = ["GATES", "LOOP_GATES", "sigmoid", "sigmoid_in_loop", "sigmoid_grad", "hard_sigmoid",
-           "hard_sigmoid_grad", "tanh_grad_from_output", "log_softmax"]
+           "hard_sigmoid_grad", "tanh_grad_from_output", "log_softmax", "log_normaliser"]
 
 
 def sigmoid(a, out=None):
@@ -90,29 +90,36 @@ def tanh_grad_from_output(n, out=None):
     return np.subtract(1.0, out, out=out)
 
 
-def log_softmax(logits):
-    """log softmax over the last axis, shifted by the max for stability.
+def log_normaliser(logits):
+    """``(shift, log_total)`` of the last axis, (...,) each, with log sum_k exp(l_k) =
+    shift + log_total and shift the max: the log softmax is (l - shift) - log_total,
+    kept apart so that large logits lose no digits to the sum.
 
     For complex logits (the complex step) the shift is the max of the real
     part: any shift constant along the axis gives the same function, so it
     need not be differentiable.  A short real axis (at most ``SHORT_AXIS``
-    classes) is reduced class by class: NumPy's reductions over a last axis of
-    2 cost more per row than the arithmetic (a third of a vectorised pass's
-    readout); the max is the same, the sum adds the classes in order.
+    classes) is reduced class by class, each class a strided column: NumPy's
+    reductions and broadcasts over a last axis of 2 cost more per row than the
+    arithmetic (half of a vectorised pass's readout); the max is the same, the
+    sum adds the classes in order.
     """
     K = logits.shape[-1]
     if np.iscomplexobj(logits) or not 1 <= K <= SHORT_AXIS:
-        shifted = logits - np.real(logits).max(axis=-1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    top = logits[..., 0].copy()
+        shift = np.real(logits).max(axis=-1)
+        return shift, np.log(np.exp(logits - shift[..., None]).sum(axis=-1))
+    shift = logits[..., 0].copy()
     for k in range(1, K):
-        np.maximum(top, logits[..., k], out=top)
-    shifted = logits - top[..., None]
-    e = np.exp(shifted)
-    total = e[..., 0].copy()
+        np.maximum(shift, logits[..., k], out=shift)
+    total = np.exp(logits[..., 0] - shift)                      # sum_k exp(l_k - shift)
     for k in range(1, K):
-        total += e[..., k]
-    return shifted - np.log(total)[..., None]
+        total += np.exp(logits[..., k] - shift)
+    return shift, np.log(total, out=total)
+
+
+def log_softmax(logits):
+    """log softmax over the last axis: (l - shift) - log_total (see ``log_normaliser``)."""
+    shift, log_total = log_normaliser(logits)
+    return (logits - shift[..., None]) - log_total[..., None]
 
 
 # name -> (function, derivative(a, g))

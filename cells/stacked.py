@@ -39,10 +39,12 @@ broken variants can override them.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from cells import workspace
-from cells.activations import GATES, LOOP_GATES, log_softmax
+from cells.activations import GATES, LOOP_GATES, log_normaliser, log_softmax
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
 from gradcheck.perturbed_rows import PerturbedRows
@@ -281,31 +283,64 @@ class StackedCell:
         """The loss and what its backward needs, from the top states ``top`` (..., T, B, H).
 
         Leading axes of ``top``, ``V`` (P, H, K) or ``c`` (P, 1, K) are probes:
-        the loss is then one per probe.
+        the loss is then one per probe (the "lm" readout then returns no cache: no
+        backward pass takes probes).
         """
         c = self.config
         m = batch.mask                                          # (T, B)
         T, B = m.shape
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
-            H = top.shape[-1]
-            logits = top.reshape(top.shape[:-3] + (T * B, H)) @ V + cb   # (..., T B, K)
-            logp = log_softmax(logits)
-            lead = logp.shape[:-2]
-            # nll_tb = -logp[t b, y_tb], taken from the flat (..., T B K) array: the result is
-            # C-ordered (as fancy indexing's is not), so that the sum adds as in loss()
-            K = logp.shape[-1]
-            picked = np.arange(T * B) * K + batch.y.reshape(T * B)
-            nll = -np.take(logp.reshape(lead + (T * B * K,)), picked, axis=-1)    # (..., T B)
-            # L = (1/B) sum_{t,b} m_tb nll_tb
-            loss = (m.reshape(T * B) * nll).sum(axis=-1) / B
-            return _loss_value(loss), dict(logp=logp.reshape(lead + (T, B, logp.shape[-1])))
+            logits, steps_first = self._step_logits(V, cb, top)  # (T, ..., B, K) or (..., T, B, K)
+            shift, log_total = log_normaliser(logits)
+            if logits.ndim == 3:                                # one loss, and its cache
+                logp = (logits - shift[..., None]) - log_total[..., None]  # log softmax (T, B, K)
+                nll = -logp[np.arange(T)[:, None], np.arange(B), batch.y]  # -log p_tb(y_tb)
+                loss = (m.reshape(T * B) * nll.reshape(T * B)).sum() / B
+                return _loss_value(loss), dict(logp=logp)
+            # probes: nll_tb = log_total - (l_tb,y_tb - shift), -logp's numbers to the bit
+            y = batch.y.reshape((T,) + (1,) * (logits.ndim - 3) + (B,)) if steps_first else batch.y
+            y = np.broadcast_to(y, logits.shape[:-1]).reshape(-1)
+            picked = logits.reshape(-1, logits.shape[-1])[np.arange(y.size), y]
+            nll = log_total - (picked.reshape(shift.shape) - shift)
+            if steps_first:
+                nll = np.moveaxis(nll, 0, -2)                   # (..., T, B)
+            nll = nll.reshape(nll.shape[:-2] + (T * B,))
+            # L = (1/B) sum_{t,b} m_tb nll_tb: each probe's T B terms in one contiguous row,
+            # added as loss() adds them
+            return (m.reshape(T * B) * nll).sum(axis=-1) / B, {}
         count = np.maximum(m.sum(axis=0), 1.0)                  # (B,)
-        pooled = (m[..., None] * top).sum(axis=-3) / count[:, None]   # (..., B, H)
+        rows = _move_steps(top, -3, 0)                          # (T, ..., B, H): the states' order
+        if not np.all(m == 1.0):
+            rows = m.reshape((T,) + (1,) * (rows.ndim - 3) + (B, 1)) * rows
+        pooled = rows.sum(axis=0) / count[:, None]              # (..., B, H), steps added in order
         logp = log_softmax(pooled @ V + cb)                     # (..., B, K)
         y = np.broadcast_to(batch.y[:, None], logp.shape[:-1] + (1,))
         loss = -np.take_along_axis(logp, y, -1)[..., 0].sum(axis=-1) / B
         return _loss_value(loss), dict(logp=logp, pooled=pooled, count=count)
+
+    @staticmethod
+    def _step_logits(V, cb, top):
+        """The logits l_tb = h_tb V + c of every step and sequence, and whether the steps
+        come first.
+
+        With V and c shared by every probe, the rows are taken in the order of the
+        states' own (T, ..., B, H) array, of which a probe-stacked ``top`` is a view:
+        one product and no copy, (T, ..., B, K).  With a probe axis on V or c, one
+        product a probe: (..., T, B, K).  Either way each row's dot product is the
+        one ``loss`` computes (to the last bit with the BLAS tested here).
+        """
+        T, B, H = top.shape[-3:]
+        if np.ndim(V) == 2 and np.ndim(cb) == 1:
+            rows = _move_steps(top, -3, 0)                      # (T, ..., B, H)
+            logits = np.matmul(rows.reshape(-1, H), V)          # (T ... B, K)
+            if np.iscomplexobj(cb) and not np.iscomplexobj(logits):
+                logits = logits.astype(cb.dtype)
+            for k in range(logits.shape[-1]):                   # + c class by class: a last
+                logits[:, k] += cb[k]                           # axis of 2 broadcasts slowly
+            return logits.reshape(rows.shape[:-1] + logits.shape[-1:]), True
+        logits = np.matmul(top.reshape(top.shape[:-3] + (T * B, H)), V) + cb
+        return logits.reshape(logits.shape[:-2] + (T, B, logits.shape[-1])), False
 
     def _readout_backward(self, params, top, batch: Batch, rc, grads) -> np.ndarray:
         """dL/dtop (T, B, H); sets the gradients of V and c."""
@@ -376,8 +411,18 @@ class StackedCell:
         xs = zip(_move_steps(xp_gates, -3, 0), _move_steps(xp_cand, -3, 0))
         views = list(states)
         steps = []
+        first = 0
         with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
-            for t, xp_t, *out in zip(range(T), xs, *kept, views[1:]):
+            if not keep_steps and self._first_step_shared(l, params, xp_gates, xp_cand, own):
+                # h_0 = 0, so h_0 U = 0 whatever U is: when only U differs from probe to
+                # probe, step 0 is the same in each, computed once and copied to every probe
+                U = params[f"U{l}"]
+                state, _ = self._layer_step(l, {**params, f"U{l}": U[0]},
+                                            np.zeros((B, self._state_width()), dtype),
+                                            (xp_gates[0], xp_cand[0]), None if on[0] else mask[0])
+                views[1][...] = state
+                first = 1
+            for t, xp_t, *out in itertools.islice(zip(range(T), xs, *kept, views[1:]), first, None):
                 m_t = None if on[t] else mask[t]                # None: no blend with the state
                 state, step_cache = self._layer_step(l, params, views[t], xp_t, m_t, out=out,
                                                      blocks=blocks)
@@ -386,6 +431,21 @@ class StackedCell:
                     steps.append(step_cache)
         return (_move_steps(states[1:, ..., :H], 0, -3),
                 dict(x=x, states=states, steps=steps, mask=mask, **bufs))
+
+    def _first_step_shared(self, l, params, xp_gates, xp_cand, own) -> bool:
+        """Whether step 0 of layer l is the same in every probe: U{l} alone has a probe
+        axis (the inputs x_t W + b and the layer's other parameters have none) and the
+        reference cell's step reads U only through h_0 U, which is 0 (a subclass that
+        overrides the step or its blocks of U may read U otherwise: no)."""
+        U = params.get(f"U{l}")
+        if np.ndim(U) != 3 or xp_gates.ndim > 3 or xp_cand.ndim > 3:
+            return False
+        if any(np.shape(p)[:-2] for p in own if p is not U):
+            return False
+        mro = type(self).__mro__
+        owner = max(i for i, c in enumerate(mro) if "_layer_step" in vars(c))
+        return not any(name in vars(c) for c in mro[:owner]
+                       for name in ("_layer_step", "_recurrent_blocks"))
 
     def _gate_columns(self) -> int:
         """How many columns of W (and U, b) the sigmoid gates take, before the candidate's."""

@@ -98,8 +98,12 @@ def same(a, b):
 
 # ---------------------------------------------------------------- batched losses
 @pytest.mark.parametrize("cell", CELLS, ids=cell_id)
-def test_losses_are_the_scalar_losses_to_the_bit(cell):
+@pytest.mark.parametrize("mask", ["holey", "every step on"])
+def test_losses_are_the_scalar_losses_to_the_bit(cell, mask):
+    # "every step on": the readouts skip the mask's arithmetic
     params, batch = holey_case(cell, seed=2)
+    if mask != "holey":
+        batch = cell.sample_batch(np.random.default_rng(3), 5, 3, np.ones((5, 3)))
     rng = np.random.default_rng(0)
     for name in params:
         moved = params[name] + rng.normal(scale=1e-3, size=(4,) + params[name].shape)
@@ -107,6 +111,45 @@ def test_losses_are_the_scalar_losses_to_the_bit(cell):
         stack[name] = moved
         want = [cell.loss({**params, name: m}, batch) for m in moved]
         assert cell.losses(stack, batch).tolist() == want, name
+
+
+class GateBiasFromU(GRU):
+    """A GRU whose step also adds U's first row to the gates' pre-activations: it reads U
+    other than through h U, so its step 0 depends on U."""
+
+    def _layer_step(self, l, params, h, xp_t, m_t, out=None, blocks=None):
+        U = params[f"U{l}"]
+        xp_rz, xp_h = xp_t
+        xp_t = (xp_rz + U[..., :1, :2 * self.config.hidden_size], xp_h)
+        return super()._layer_step(l, params, h, xp_t, m_t, out=out, blocks=blocks)
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+def test_step_zero_is_computed_once_only_when_u_alone_differs(reset):
+    # h_0 = 0 makes h_0 U = 0: with U alone stacked, step 0 is computed once for
+    # every probe; anything else stacked (bn, or W through x W + b) and it is not
+    cell = GRU(GRUConfig(reset=reset))
+    params, batch = holey_case(cell)
+    shared = {k: np.broadcast_to(v, (3,) + v.shape) for k, v in params.items()}
+
+    def shares(**stacked):
+        P, stack = probe_stack({**shared, **{k: np.stack([v] * 3) for k, v in stacked.items()}})
+        x = cell.embed(stack, batch)
+        g = cell._gate_columns()
+        xp = [cell._project(x, stack["W0"][..., s], stack["b0"][..., s])
+              for s in (slice(None, g), slice(g, None))]
+        own = [stack[k] for k in ("U0", "bn0") if k in stack]
+        return cell._first_step_shared(0, stack, *xp, own)
+
+    assert shares(U0=params["U0"])
+    assert not shares(W0=params["W0"]) and not shares(U0=params["U0"], W0=params["W0"])
+    if reset == "after":
+        assert not shares(U0=params["U0"], bn0=params["bn0"])
+    # a subclass whose step reads U otherwise: its losses stay loss()'s (no step 0 shared)
+    own_step = GateBiasFromU(cell.config)
+    moved = params["U0"] + np.random.default_rng(1).normal(scale=1e-3, size=(3,) + params["U0"].shape)
+    want = [own_step.loss({**params, "U0": u}, batch) for u in moved]
+    assert own_step.losses({**shared, "U0": moved}, batch).tolist() == want
 
 
 def test_probe_stack_needs_one_probe_axis():
