@@ -38,7 +38,6 @@ from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
-from gradcheck.perturbed_rows import dense
 
 __all__ = ["GRUConfig", "GRU", "RESETS", "UPDATES", "READOUTS"]
 
@@ -383,7 +382,7 @@ class GRU(StackedCell):
         new = []
         with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
             for l, h in enumerate(state):
-                xp_t = x_t @ dense(params[f"W{l}"]) + params[f"b{l}"]   # (..., B, 3H)
+                xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]   # (..., B, 3H)
                 h_t, _ = self._layer_step(l, params, h, (xp_t[..., :H2], xp_t[..., H2:]), m_t)
                 new.append(h_t)
                 x_t = h_t

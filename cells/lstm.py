@@ -36,7 +36,6 @@ from cells import workspace
 from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, validate_config
 from gradcheck.batch import Batch
-from gradcheck.perturbed_rows import dense
 
 __all__ = ["LSTMConfig", "LSTM", "READOUTS"]
 
@@ -237,7 +236,7 @@ class LSTM(StackedCell):
         new = []
         with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
             for l, s in enumerate(state):
-                xp_t = x_t @ dense(params[f"W{l}"]) + params[f"b{l}"]   # (..., B, 4H)
+                xp_t = x_t @ params[f"W{l}"] + params[f"b{l}"]   # (..., B, 4H)
                 s_t, _ = self._layer_step(l, params, s, (xp_t[..., :3 * H], xp_t[..., 3 * H:]),
                                           m_t)
                 new.append(s_t)

@@ -388,12 +388,6 @@ class StackedCell:
         H = self.config.hidden_size
         T, B = mask.shape
         W, b = params[f"W{l}"], params[f"b{l}"]
-        perturbed = None                                        # W as P one-element changes
-        if isinstance(W, PerturbedRows):
-            if keep_steps or x.ndim > 3 or np.ndim(b) > 1:
-                W = W.dense()
-            else:
-                W, perturbed = W.base, W
         # x_t W + b of all steps at once, the sigmoid gates and the candidate apart
         # (contiguous blocks, so that the gate arithmetic runs over contiguous arrays)
         g = self._gate_columns()
@@ -401,10 +395,8 @@ class StackedCell:
         xp_gates = self._project(x, W[..., :g], b[..., :g], ws, ("xp_gates", l))        # (..., T, B, g)
         xp_cand = self._project(x, W[..., g:], b[..., g:], ws, ("xp_candidate", l))     # (..., T, B, H)
         own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
-        # a perturbed W's probe axis and dtype, as its (P, 1, 1) values
-        varying = own + ([] if perturbed is None else [perturbed.values.reshape(-1, 1, 1)])
-        lead = np.broadcast_shapes(xp_gates.shape[:-3], *(np.shape(p)[:-2] for p in varying))
-        dtype = np.result_type(xp_gates, *varying)              # complex under the complex step
+        lead = np.broadcast_shapes(xp_gates.shape[:-3], *(np.shape(p)[:-2] for p in own))
+        dtype = np.result_type(xp_gates, *own)                  # complex under the complex step
         states = ws.empty(("states", l), (T + 1,) + lead + (B, self._state_width()), dtype)
         states[0] = 0.0
         # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
@@ -416,16 +408,12 @@ class StackedCell:
         on = self._steps_all_on(mask)
         blocks = self._recurrent_blocks(l, params)
         # each step's views, made before the loop: inputs, states, and what it writes
-        if perturbed is None:
-            xs = zip(_move_steps(xp_gates, -3, 0), _move_steps(xp_cand, -3, 0))
-        else:
-            xs = self._perturbed_inputs(x, perturbed, b, xp_gates, xp_cand, dtype, ws, l)
+        xs = zip(_move_steps(xp_gates, -3, 0), _move_steps(xp_cand, -3, 0))
         views = list(states)
         steps = []
         first = 0
         with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
-            if (not keep_steps and perturbed is None
-                    and self._first_step_shared(l, params, xp_gates, xp_cand, own)):
+            if not keep_steps and self._first_step_shared(l, params, xp_gates, xp_cand, own):
                 # h_0 = 0, so h_0 U = 0 whatever U is: when only U differs from probe to
                 # probe, step 0 is the same in each, computed once and copied to every probe
                 U = params[f"U{l}"]
@@ -444,33 +432,6 @@ class StackedCell:
         return (_move_steps(states[1:, ..., :H], 0, -3),
                 dict(x=x, states=states, steps=steps, mask=mask, **bufs))
 
-    @staticmethod
-    def _perturbed_inputs(x, W, b, xp_gates, xp_cand, dtype, ws, l):
-        """Each step's inputs x_t W_p + b, (P, B, g) and (P, B, H), of P probes whose W_p
-        is ``W.base`` with one element changed (a PerturbedRows ``W``): the shared
-        x_t W + b, ``xp_gates`` and ``xp_cand``, but for probe p's column cols[p], which
-        its own column of W gives.  Yielded step by step in two arrays every step reuses
-        (a step reads them before the next is filled), so that no (P, T, B, 3H) array
-        is written and read back.  Each element is the dot product the probe's own x W
-        computes (to the last bit with the BLAS tested here)."""
-        P, T, B, D = W.shape[0], *x.shape
-        g = xp_gates.shape[-1]
-        # probe p's column cols[p] of W_p: W's, with row rows[p] set to values[p]
-        columns = W.base[:, W.cols].astype(dtype)                # (D, P)
-        columns[W.rows, np.arange(P)] = W.values
-        own = (x.reshape(T * B, D) @ columns + b[W.cols]).reshape(T, B, P)   # one product
-        in_gates = W.cols < g
-        pg, pc = np.flatnonzero(in_gates), np.flatnonzero(~in_gates)
-        cg, cc = W.cols[pg], W.cols[pc] - g
-        step_gates = ws.empty(("xp_gates_step", l), (P, B, g), dtype)
-        step_cand = ws.empty(("xp_candidate_step", l), (P, B, xp_cand.shape[-1]), dtype)
-        for t in range(T):
-            step_gates[...] = xp_gates[t]                       # (B, g) for every probe
-            step_cand[...] = xp_cand[t]
-            step_gates[pg, :, cg] = own[t][:, pg].T             # then each probe's own column
-            step_cand[pc, :, cc] = own[t][:, pc].T
-            yield step_gates, step_cand
-
     def _first_step_shared(self, l, params, xp_gates, xp_cand, own) -> bool:
         """Whether step 0 of layer l is the same in every probe: U{l} alone has a probe
         axis (the inputs x_t W + b and the layer's other parameters have none) and the
@@ -481,7 +442,10 @@ class StackedCell:
             return False
         if any(np.shape(p)[:-2] for p in own if p is not U):
             return False
-        return self._reference_kept(("_layer_step", "_recurrent_blocks"))
+        mro = type(self).__mro__
+        owner = max(i for i, c in enumerate(mro) if "_layer_step" in vars(c))
+        return not any(name in vars(c) for c in mro[:owner]
+                       for name in ("_layer_step", "_recurrent_blocks"))
 
     def _gate_columns(self) -> int:
         """How many columns of W (and U, b) the sigmoid gates take, before the candidate's."""
@@ -548,13 +512,6 @@ class StackedCell:
         steps do not change the state they are given."""
         return probe_stack(params)[1]
 
-    def _reference_kept(self, names, owner="_layer_step") -> bool:
-        """Whether no subclass of the reference cell (the class that first defines
-        ``owner``) overrides any of ``names``."""
-        mro = type(self).__mro__
-        reference = max(i for i, c in enumerate(mro) if owner in vars(c))
-        return not any(name in vars(c) for c in mro[:reference] for name in names)
-
     @property
     def steps_take_probes(self) -> bool:
         """Whether ``step`` takes ``probe_params``' stacked parameters and (P, B, ...) states.
@@ -563,18 +520,16 @@ class StackedCell:
         step interface (or the layer step under it): it may not broadcast a probe
         axis, or may update the state it is given in place.
         """
-        return self._reference_kept(("step", "_layer_step", "output", "initial_state", "embed",
-                                     "readout_loss", "_readout"), owner="step")
+        mro = type(self).__mro__
+        owner = max(i for i, c in enumerate(mro) if "step" in vars(c))   # the reference cell
+        interface = ("step", "_layer_step", "output", "initial_state", "embed", "readout_loss",
+                     "_readout")
+        return not any(name in vars(c) for c in mro[:owner] for name in interface)
 
     def takes_perturbed_rows(self, name) -> bool:
         """Whether ``losses`` may receive parameter ``name`` as a PerturbedRows (see
-        gradcheck.perturbed_rows): the embedding E, read only by ``embed``'s lookup, and
-        a layer's input matrix W{l}, read by the reference cell's input projection
-        (``_layer_forward``; ``step`` takes its copies), unless a subclass overrides it."""
-        if name == "E":
-            return bool(self.config.embedding)
-        forward = ("_layer_forward", "_project", "step", "_perturbed_inputs")
-        return name in {f"W{l}" for l in range(self.config.layers)} and self._reference_kept(forward)
+        gradcheck.perturbed_rows): the embedding E, read only by ``embed``'s lookup."""
+        return name == "E" and self.config.embedding
 
     @property
     def losses_match_loss(self) -> bool:
@@ -584,8 +539,10 @@ class StackedCell:
         ``_layer_step``) overrides the forward pass (``forward``, ``loss``, ``embed``,
         the readout): ``losses`` would then still run the reference's forward.
         """
-        return self._reference_kept(("forward", "loss", "embed", "_readout", "readout_loss",
-                                     "_project"))
+        mro = type(self).__mro__
+        owner = max(i for i, c in enumerate(mro) if "_layer_step" in vars(c))
+        forward = ("forward", "loss", "embed", "_readout", "readout_loss", "_project")
+        return not any(name in vars(c) for c in mro[:owner] for name in forward)
 
     @property
     def complex_step_reason(self) -> str | None:

@@ -12,16 +12,14 @@ the copies' values, so the losses are the same to the bit.
 
 A cell takes these in place of a stacked table when it says so
 (``takes_perturbed_rows(name)``): it reads the parameter only through
-``E[..., ids, :]``, or, for an input matrix W, through its own input
-projection, which reads ``base``, ``rows``, ``cols`` and ``values`` (each
-probe's x W differs from x base in column cols[p] alone), or ``dense()``.
+``E[..., ids, :]``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PerturbedRows", "dense"]
+__all__ = ["PerturbedRows"]
 
 
 class PerturbedRows:
@@ -32,8 +30,7 @@ class PerturbedRows:
     cols: (P,) its column.
     values: (P,) the element's value in that probe (complex under the complex step).
 
-    Supports the row lookup ``M[..., ids, :]``, as the stacked (P, V, D) array would, and
-    ``dense()``; no arithmetic.
+    Supports the row lookup ``M[..., ids, :]`` only, as the stacked (P, V, D) array would.
     """
 
     __array_ufunc__ = None          # no arithmetic: a lookup is all it offers
@@ -46,14 +43,6 @@ class PerturbedRows:
         self.dtype = np.result_type(self.base, self.values)
         self.shape = (len(self.rows),) + self.base.shape
         self.ndim = 3
-
-    def dense(self) -> np.ndarray:
-        """The P copies themselves, (P, V, D)."""
-        P = self.shape[0]
-        out = np.empty(self.shape, dtype=self.dtype)
-        out[...] = self.base
-        out[np.arange(P), self.rows, self.cols] = self.values
-        return out
 
     def __getitem__(self, key):
         """``M[..., ids, :]`` -> (P, *ids.shape, D): each probe's copy, looked up."""
@@ -69,8 +58,3 @@ class PerturbedRows:
         where = np.nonzero(hit)
         out[where + (self.cols[where[0]],)] = self.values[where[0]]
         return out
-
-
-def dense(value):
-    """``value``'s P copies when it is a PerturbedRows, else ``value`` itself."""
-    return value.dense() if isinstance(value, PerturbedRows) else value

@@ -147,8 +147,7 @@ def test_step_zero_is_computed_once_only_when_u_alone_differs(reset):
         assert not shares(U0=params["U0"], bn0=params["bn0"])
     # a subclass whose step reads U otherwise: its losses stay loss()'s (no step 0 shared)
     own_step = GateBiasFromU(cell.config)
-    moved = params["U0"] + np.random.default_rng(1).normal(scale=1e-3,
-                                                           size=(3,) + params["U0"].shape)
+    moved = params["U0"] + np.random.default_rng(1).normal(scale=1e-3, size=(3,) + params["U0"].shape)
     want = [own_step.loss({**params, "U0": u}, batch) for u in moved]
     assert own_step.losses({**shared, "U0": moved}, batch).tolist() == want
 
@@ -585,9 +584,6 @@ def test_a_large_parameter_is_perturbed_in_passes_that_fit_the_byte_budget():
             seen.append(stacked["W0"].strides[0] and stacked["W0"].shape[0])   # 0: shared
             return original(self, stacked, batch)
 
-        def takes_perturbed_rows(self, name):
-            return False                        # W0 copied per probe, as a user cell's
-
     chosen = np.zeros(params["W0"].shape, dtype=bool)
     chosen.reshape(-1)[:128] = True
     batched_central_differences(Spy(cell.config), params, batch, names=["W0"],
@@ -635,59 +631,6 @@ def test_a_large_embedding_reaches_the_cell_as_perturbed_rows():
     # the same numbers as one copy at a time, to the bit (NaN: elements not asked for)
     assert np.array_equal(got["E"].value, want["E"].value, equal_nan=True)
     assert np.isfinite(got["E"].value[used]).all() and np.isnan(got["E"].value[~used]).all()
-
-
-@pytest.mark.parametrize("cell", [CELLS[0], CELLS[2], CELLS[5]], ids=cell_id)
-def test_input_matrices_reach_the_cell_as_perturbed_rows(cell):
-    # each probe's x W differs from the shared one in one column: no (P, T, B, 3H) inputs
-    from gradcheck.perturbed_rows import PerturbedRows
-    params, batch = holey_case(cell)
-    kinds = set()
-    original = type(cell).losses
-
-    class Spy(type(cell)):
-        def losses(self, stacked, batch):
-            kinds.update(type(v).__name__ for k, v in stacked.items() if k.startswith("W"))
-            return original(self, stacked, batch)
-
-    names = [k for k in params if k.startswith("W")]
-    got = batched_central_differences(Spy(cell.config), params, batch, names=names, chunk=5)
-    assert PerturbedRows.__name__ in kinds
-    want = central_differences(lambda p: cell.loss(p, batch), params, names)
-    assert same(got, want)
-
-
-@pytest.mark.parametrize("also", ["U0", "b0", "E"])
-def test_a_perturbed_input_matrix_with_other_parameters_stacked(also):
-    # the losses of a PerturbedRows W0 with another parameter stacked too (the shared-
-    # step-0 and one-column paths then stand aside) are those of the stacked copies
-    from gradcheck.perturbed_rows import PerturbedRows
-    cell = GRU(GRUConfig(reset="after", embedding=also == "E"))
-    params, batch = holey_case(cell)
-    rng = np.random.default_rng(4)
-    P = 6
-    rows = rng.integers(0, params["W0"].shape[0], P)
-    cols = rng.integers(0, params["W0"].shape[1], P)
-    values = params["W0"][rows, cols] + rng.normal(scale=1e-3, size=P)
-    W0 = PerturbedRows(params["W0"], rows, cols, values)
-    moved = params[also] + rng.normal(scale=1e-3, size=(P,) + params[also].shape)
-    shared = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in params.items()}
-    got = cell.losses({**shared, "W0": W0, also: moved}, batch)
-    want = cell.losses({**shared, "W0": W0.dense(), also: moved}, batch)
-    assert got.tolist() == want.tolist()
-    copies = np.broadcast_to(params["W0"], (P,) + params["W0"].shape).copy()
-    copies[np.arange(P), rows, cols] = values
-    assert np.array_equal(W0.dense(), copies)
-
-
-def test_a_subclass_with_its_own_layer_forward_gets_copies_of_w():
-    class OwnForward(GRU):
-        def _layer_forward(self, l, params, x, mask, keep_steps=True):
-            return super()._layer_forward(l, params, x, mask, keep_steps)
-
-    assert GRU(GRUConfig()).takes_perturbed_rows("W0")
-    assert not OwnForward(GRUConfig()).takes_perturbed_rows("W0")
-    assert not GRU(GRUConfig()).takes_perturbed_rows("U0")
 
 
 def test_a_parameter_already_in_out_keeps_its_place():
