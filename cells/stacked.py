@@ -291,7 +291,7 @@ class StackedCell:
         T, B = m.shape
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
-            logits, steps_first = self._step_logits(V, cb, top)  # (T, ..., B, K) or (..., T, B, K)
+            logits = self._step_logits(V, cb, top)              # (..., T, B, K)
             shift, log_total = log_normaliser(logits)
             if logits.ndim == 3:                                # one loss, and its cache
                 logp = (logits - shift[..., None]) - log_total[..., None]  # log softmax (T, B, K)
@@ -299,12 +299,9 @@ class StackedCell:
                 loss = (m.reshape(T * B) * nll.reshape(T * B)).sum() / B
                 return _loss_value(loss), dict(logp=logp)
             # probes: nll_tb = log_total - (l_tb,y_tb - shift), -logp's numbers to the bit
-            y = batch.y.reshape((T,) + (1,) * (logits.ndim - 3) + (B,)) if steps_first else batch.y
-            y = np.broadcast_to(y, logits.shape[:-1]).reshape(-1)
+            y = np.broadcast_to(batch.y, logits.shape[:-1]).reshape(-1)
             picked = logits.reshape(-1, logits.shape[-1])[np.arange(y.size), y]
             nll = log_total - (picked.reshape(shift.shape) - shift)
-            if steps_first:
-                nll = np.moveaxis(nll, 0, -2)                   # (..., T, B)
             nll = nll.reshape(nll.shape[:-2] + (T * B,))
             # L = (1/B) sum_{t,b} m_tb nll_tb: each probe's T B terms in one contiguous row,
             # added as loss() adds them
@@ -321,26 +318,21 @@ class StackedCell:
 
     @staticmethod
     def _step_logits(V, cb, top):
-        """The logits l_tb = h_tb V + c of every step and sequence, and whether the steps
-        come first.
+        """The logits l_tb = h_tb V + c of every step and sequence, (..., T, B, K).
 
-        With V and c shared by every probe, the rows are taken in the order of the
-        states' own (T, ..., B, H) array, of which a probe-stacked ``top`` is a view:
-        one product and no copy, (T, ..., B, K).  With a probe axis on V or c, one
-        product a probe: (..., T, B, K).  Either way each row's dot product is the
-        one ``loss`` computes (to the last bit with the BLAS tested here).
+        One product a probe, (T B, H) @ (H, K), as ``loss`` computes it: the same
+        matrix shapes, so the same numbers to the last bit (one product over all
+        probes' rows would round differently for some shapes).  ``+ c`` class by
+        class: a last axis of 2 broadcasts slowly.
         """
         T, B, H = top.shape[-3:]
-        if np.ndim(V) == 2 and np.ndim(cb) == 1:
-            rows = _move_steps(top, -3, 0)                      # (T, ..., B, H)
-            logits = np.matmul(rows.reshape(-1, H), V)          # (T ... B, K)
-            if np.iscomplexobj(cb) and not np.iscomplexobj(logits):
-                logits = logits.astype(cb.dtype)
-            for k in range(logits.shape[-1]):                   # + c class by class: a last
-                logits[:, k] += cb[k]                           # axis of 2 broadcasts slowly
-            return logits.reshape(rows.shape[:-1] + logits.shape[-1:]), True
-        logits = np.matmul(top.reshape(top.shape[:-3] + (T * B, H)), V) + cb
-        return logits.reshape(logits.shape[:-2] + (T, B, logits.shape[-1])), False
+        logits = np.matmul(top.reshape(top.shape[:-3] + (T * B, H)), V)    # (..., T B, K)
+        if np.ndim(cb) == 1 and np.result_type(logits, cb) == logits.dtype:
+            for k in range(logits.shape[-1]):
+                logits[..., k] += cb[k]
+        else:
+            logits = logits + cb                                # a probe axis or a dtype of c's
+        return logits.reshape(logits.shape[:-2] + (T, B, logits.shape[-1]))
 
     def _readout_backward(self, params, top, batch: Batch, rc, grads) -> np.ndarray:
         """dL/dtop (T, B, H); sets the gradients of V and c."""

@@ -152,6 +152,37 @@ def test_step_zero_is_computed_once_only_when_u_alone_differs(reset):
     assert own_step.losses({**shared, "U0": moved}, batch).tolist() == want
 
 
+# shapes where a product over all probes' rows or columns at once rounds differently
+# from each probe's own (OpenBLAS edge kernels); the tests above happen to agree
+ODD_SHAPES = [dict(input_size=3, hidden_size=8, classes=2, steps=1, batch=1),
+              dict(input_size=3, hidden_size=17, classes=3, steps=3, batch=3),
+              dict(input_size=17, hidden_size=17, classes=5, steps=3, batch=2),
+              dict(input_size=16, hidden_size=32, classes=2, steps=5, batch=8)]
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "-".join(map(str, s.values())))
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_losses_are_the_scalar_losses_to_the_bit_at_odd_shapes(kind, shape):
+    shape = dict(shape)
+    steps, batch_size = shape.pop("steps"), shape.pop("batch")
+    cell = GRU(GRUConfig(**shape)) if kind == "gru" else LSTM(LSTMConfig(**shape))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, steps, batch_size)
+    for name in params:
+        for P in (2, 6, 13):
+            moved = params[name] + rng.normal(scale=1e-3, size=(P,) + params[name].shape)
+            stack = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in params.items()}
+            stack[name] = moved
+            want = [cell.loss({**params, name: m}, batch) for m in moved]
+            assert cell.losses(stack, batch).tolist() == want, (name, P)
+    # and through the numeric oracle's own stacks, one element a pass and several
+    scalar = central_differences(lambda p: cell.loss(p, batch), params)
+    for chunk in (1, 5):
+        assert same(scalar, batched_central_differences(cell, params, batch, chunk=chunk,
+                                                        workers=1))
+
+
 def test_probe_stack_needs_one_probe_axis():
     with pytest.raises(ValueError, match="same leading probe axis"):
         probe_stack({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
