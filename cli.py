@@ -95,6 +95,15 @@ def _tolerance(what):
     return parse
 
 
+# the seed of every random draw when --seed is not given
+DEFAULT_SEED = 0
+
+
+def _seed_of(args) -> int:
+    """The seed a check draws with: ``--seed``, else ``DEFAULT_SEED``."""
+    return DEFAULT_SEED if args.seed is None else args.seed
+
+
 def _seed(text):
     value = _integer(text)
     if not 0 <= value < 2 ** 63:
@@ -158,7 +167,7 @@ def make_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--layers", type=_positive_int, default=None, metavar="L", help="stacked layers (default 1)")
     sizes.add_argument("--vocab", type=_positive_int, default=None, metavar="V", help="vocabulary size with --embedding (default 7)")
     sizes.add_argument("--classes", type=_class_count, default=None, metavar="C", help="readout classes (default 3)")
-    sizes.add_argument("--seed", type=_seed, default=None, metavar="S", help="seed of every random draw (default 0)")
+    sizes.add_argument("--seed", type=_seed, default=None, metavar="S", help=f"seed of every random draw (default {DEFAULT_SEED})")
     variant = check.add_argument_group("variant")
     variant.add_argument("--reset", choices=("before", "after"), default=None,
                          help="reset gate before the recurrent matmul (Cho et al.) or after it (cuDNN, torch); default before")
@@ -244,7 +253,8 @@ def make_parser() -> argparse.ArgumentParser:
                          help="options['dim_proj']: input and hidden width (default 4)")
     compare.add_argument("--steps", type=_positive_int, default=6, metavar="T", help="sequence length (default 6)")
     compare.add_argument("--batch", type=_positive_int, default=3, metavar="B", help="batch size (default 3)")
-    compare.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of every random draw (default 0)")
+    compare.add_argument("--seed", type=_seed, default=DEFAULT_SEED, metavar="S",
+                         help=f"seed of every random draw (default {DEFAULT_SEED})")
     compare.add_argument("--mask", choices=("none", "lengths", "random"), default="none",
                          help="the mask given to both (default none)")
     compare.add_argument("--reset", choices=("before", "after"), default=None, help="fix the reference's reset convention")
@@ -327,7 +337,7 @@ def _check_file_target(args, checking):
             raise ValueError(f"{name} is not built with a {size} argument: --{size} would have "
                              "no effect on it")
     sizes = _sizes(args)
-    seed = args.seed if args.seed is not None else 0
+    seed = _seed_of(args)
     case = case_from_target(target, name=name, **sizes, seed=seed)
     # a Case defined in the file is drawn already: --seed reaches nothing of it (a
     # make_case, a model or a layer is built from the seed, whatever seed its Case records)
@@ -389,7 +399,7 @@ def _checked(args, checking):
         raise ValueError("--truncation applies with --truncate K only (full BPTT has no window)")
     _refuse_unread(args, checking["oracles"] or ORACLES)
     return check_builtin(
-        args.cell, **_sizes(args), seed=args.seed if args.seed is not None else 0,
+        args.cell, **_sizes(args), seed=_seed_of(args),
         mask=args.mask or "none", bug=args.bug, backend=args.backend or "pytensor",
         **{**checking, "oracles": checking["oracles"] or ORACLES}, **config)
 
