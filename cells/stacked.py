@@ -434,10 +434,7 @@ class StackedCell:
             return False
         if any(np.shape(p)[:-2] for p in own if p is not U):
             return False
-        mro = type(self).__mro__
-        owner = max(i for i, c in enumerate(mro) if "_layer_step" in vars(c))
-        return not any(name in vars(c) for c in mro[:owner]
-                       for name in ("_layer_step", "_recurrent_blocks"))
+        return self._reference_kept(("_layer_step", "_recurrent_blocks"))
 
     def _gate_columns(self) -> int:
         """How many columns of W (and U, b) the sigmoid gates take, before the candidate's."""
@@ -504,6 +501,13 @@ class StackedCell:
         steps do not change the state they are given."""
         return probe_stack(params)[1]
 
+    def _reference_kept(self, names, owner="_layer_step") -> bool:
+        """Whether no subclass of the reference cell (the class that first defines
+        ``owner``) overrides any of ``names``."""
+        mro = type(self).__mro__
+        reference = max(i for i, c in enumerate(mro) if owner in vars(c))
+        return not any(name in vars(c) for c in mro[:reference] for name in names)
+
     @property
     def steps_take_probes(self) -> bool:
         """Whether ``step`` takes ``probe_params``' stacked parameters and (P, B, ...) states.
@@ -512,11 +516,8 @@ class StackedCell:
         step interface (or the layer step under it): it may not broadcast a probe
         axis, or may update the state it is given in place.
         """
-        mro = type(self).__mro__
-        owner = max(i for i, c in enumerate(mro) if "step" in vars(c))   # the reference cell
-        interface = ("step", "_layer_step", "output", "initial_state", "embed", "readout_loss",
-                     "_readout")
-        return not any(name in vars(c) for c in mro[:owner] for name in interface)
+        return self._reference_kept(("step", "_layer_step", "output", "initial_state", "embed",
+                                     "readout_loss", "_readout"), owner="step")
 
     def takes_perturbed_rows(self, name) -> bool:
         """Whether ``losses`` may receive parameter ``name`` as a PerturbedRows (see
@@ -531,10 +532,8 @@ class StackedCell:
         ``_layer_step``) overrides the forward pass (``forward``, ``loss``, ``embed``,
         the readout): ``losses`` would then still run the reference's forward.
         """
-        mro = type(self).__mro__
-        owner = max(i for i, c in enumerate(mro) if "_layer_step" in vars(c))
-        forward = ("forward", "loss", "embed", "_readout", "readout_loss", "_project")
-        return not any(name in vars(c) for c in mro[:owner] for name in forward)
+        return self._reference_kept(("forward", "loss", "embed", "_readout", "readout_loss",
+                                     "_project"))
 
     @property
     def complex_step_reason(self) -> str | None:
