@@ -147,7 +147,8 @@ def test_step_zero_is_computed_once_only_when_u_alone_differs(reset):
         assert not shares(U0=params["U0"], bn0=params["bn0"])
     # a subclass whose step reads U otherwise: its losses stay loss()'s (no step 0 shared)
     own_step = GateBiasFromU(cell.config)
-    moved = params["U0"] + np.random.default_rng(1).normal(scale=1e-3, size=(3,) + params["U0"].shape)
+    moved = params["U0"] + np.random.default_rng(1).normal(scale=1e-3,
+                                                           size=(3,) + params["U0"].shape)
     want = [own_step.loss({**params, "U0": u}, batch) for u in moved]
     assert own_step.losses({**shared, "U0": moved}, batch).tolist() == want
 
