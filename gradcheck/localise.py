@@ -271,14 +271,15 @@ def _difference(f_plus, f_minus, f0, eps):
     return (f_plus - f_minus) / (2.0 * eps)
 
 
-def _numeric(cell, params, batch, base, rows, step_dirs, adjoint_dirs):
+def _numeric(cell, params, batch, base, rows, step_dirs, adjoint_dirs, f0=None):
     """The numeric directional derivatives, one perturbed run of the step interface at a time.
 
     Returns ``(step, adjoint)``: step[i, t, d] along ``step_dirs[i][t][d]`` (row i's
     parameter moved at step t only), adjoint[layer, t, d] along ``adjoint_dirs``.
+    ``f0``: the unperturbed run's loss, when the caller has it (else computed here).
     """
     T = batch.mask.shape[0]
-    f0 = _base_loss(cell, params, batch, base)
+    f0 = _base_loss(cell, params, batch, base) if f0 is None else f0
     step = np.zeros((len(rows), T, len(step_dirs[0][0]) if rows else 0))
     for i, (name, _, _, _) in enumerate(rows):
         for t in range(T):
@@ -299,7 +300,7 @@ def _numeric(cell, params, batch, base, rows, step_dirs, adjoint_dirs):
     return step, adjoint
 
 
-def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
+def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs, f0=None,
                      eps=STEP_SCALE):
     """``_numeric``'s derivatives with the probes along a leading axis, for a cell whose
     ``steps_take_probes`` (``probe_params`` stacks the parameters for ``step``).
@@ -309,11 +310,11 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs,
     every +e u and -e u of the state adjoints.  The same differences as ``_numeric``,
     to rounding (the products run on stacked arrays).  The steps run on worker
     processes (``gradcheck.probe_pool``) where the numeric oracle's would: the same
-    numbers whichever process computes a step.
+    numbers whichever process computes a step.  ``f0`` as in ``_numeric``.
     """
     T = batch.mask.shape[0]
     x, states, outs = base
-    f0 = _base_loss(cell, params, batch, base)
+    f0 = _base_loss(cell, params, batch, base) if f0 is None else f0
     step = np.zeros((len(rows), T, len(step_dirs[0][0]) if rows else 0))
     adjoint = np.zeros((len(adjoint_dirs), T, len(adjoint_dirs[0][0]) if adjoint_dirs else 0))
 
@@ -457,7 +458,7 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
 
     numeric_of = _numeric_batched if getattr(cell, "steps_take_probes", False) else _numeric
     step_numeric, adjoint_numeric = numeric_of(cell, params, batch, base, rows, step_dirs,
-                                               adjoint_dirs)
+                                               adjoint_dirs, f0=stepped)
     step_excess = np.zeros((len(rows), T))
     step_values = np.zeros((len(rows), T, 2))
     for i, (name, block, idx, _) in enumerate(rows):

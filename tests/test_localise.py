@@ -32,6 +32,23 @@ def test_correct_cell_is_green_everywhere(fields):
                               "dL/dh agrees at every step")
 
 
+@pytest.mark.parametrize("cls", [GRU, BROKEN_GRUS["reset-gate-derivative"]])
+def test_the_unperturbed_step_interface_loss_is_computed_once(monkeypatch, cls):
+    # the step-interface check and the numeric derivatives share it (the batched
+    # reference cell, and a zoo cell that takes the one-at-a-time path)
+    import gradcheck.localise as localise_module
+    calls = []
+    original = localise_module._base_loss
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(localise_module, "_base_loss", counted)
+    run(cls)
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_reset_gate_bug_enters_in_block_r_at_the_last_step(layers):
     loc = run(BROKEN_GRUS["reset-gate-derivative"], layers=layers)
