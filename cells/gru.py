@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cells import workspace
-from cells.activations import GATES, tanh_grad_from_output
+from cells import gate_kernels, workspace
+from cells.activations import GATES, sigmoid_in_loop, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
@@ -132,14 +132,28 @@ class GRU(StackedCell):
         keep_a = self.config.gate != "sigmoid"
         # a_{r|z} = x W_{r|z} + b_{r|z} + h U_{r|z}: one product for both gates
         a_rz = np.matmul(h, U_rz, out=a_out if keep_a else rz_out)
-        a_rz = add_into(a_rz, xp_rz)                            # (B, 2H)
-        rz = self.gate(a_rz, out=rz_out if keep_a else a_rz)
+        # the compiled twin of the arithmetic below, where it runs (the same bits)
+        kernels = gate_kernels.KERNELS if self.gate is sigmoid_in_loop else None
+        if kernels is not None and kernels.sigmoid_of_sum(a_rz, xp_rz):
+            rz = a_rz                                           # sigma(a_rz + xp_rz)
+        else:
+            a_rz = add_into(a_rz, xp_rz)                        # (B, 2H)
+            rz = self.gate(a_rz, out=rz_out if keep_a else a_rz)
         r, z = rz[..., :H], rz[..., H:]
         if self.config.reset == "before":
             q = None
             n = np.matmul(r * h, U_h, out=n_out)                # (r h) U_h  (B, H)
         else:
             q = np.matmul(h, U_h, out=q_out)                    # h U_h + bn  (B, H)
+        mt = None if m_t is None else m_t[:, None]              # (B, 1)
+        a_kept = a_rz if keep_a else None
+        if kernels is not None:
+            n_k = n if q is None else (np.empty_like(q) if n_out is None else n_out)
+            h_k = np.empty_like(n_k) if h_out is None else h_out
+            if kernels.gru_candidate(rz, q, bn, xp_h, h, m_t, n_k, h_k,
+                                     self.config.update == "old"):
+                return h_k, (a_kept, rz, n_k, q, mt)
+        if q is not None:
             q = add_into(q, bn)
             n = np.multiply(r, q, out=n_out)
         n = add_into(n, xp_h)
@@ -149,10 +163,8 @@ class GRU(StackedCell):
             h_new = add_into(multiply_into(np.subtract(h, n, out=h_out), z), n)
         else:
             h_new = add_into(multiply_into(np.subtract(n, h, out=h_out), z), h)
-        a_kept = a_rz if keep_a else None
         if m_t is None:                                         # every sequence on: h_t = h'_t
             return h_new, (a_kept, rz, n, q, None)
-        mt = m_t[:, None]                                       # (B, 1)
         h_t = add_into(multiply_into(h_new, mt), (1.0 - mt) * h)   # m h' + (1 - m) h
         return h_t, (a_kept, rz, n, q, mt)
 

@@ -1,0 +1,294 @@
+/*
+ * Fused gate arithmetic of the reference cells' forward step (float64).
+ *
+ * Each kernel does, element by element and in the same order, the NumPy
+ * operations that its Python twin in cells/gru.py does with one ufunc call
+ * per operation, so the results are the same to the last bit:
+ *
+ *   - add, subtract, multiply and divide are IEEE operations, each rounded on
+ *     its own (built with -ffp-contract=off: no fused multiply-add);
+ *   - exp and tanh are not reimplemented: they are NumPy's own float64 inner
+ *     loops, taken from the np.exp and np.tanh ufuncs when the module loads.
+ *
+ * What is gained is the passes: NumPy's twin runs ten or so ufunc calls a step,
+ * each a pass over the (P, B, width) arrays with its own call overhead; here
+ * each probe's (B, width) block is done in one pass while it is in L1 cache.
+ *
+ * Arrays are (P, B, width) with P and B taken from the output; an input may
+ * have fewer axes, or 1 on an axis, to broadcast (NumPy's rules for these
+ * shapes).  Rows must be contiguous float64.  A call whose arrays do not fit
+ * returns False before writing anything, and the caller runs the NumPy twin.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
+#include <numpy/arrayobject.h>
+#include <numpy/ufuncobject.h>
+
+/* NumPy's float64 loops of exp and tanh, as its ufuncs call them */
+static PyUFuncGenericFunction exp_loop, tanh_loop;
+static void *exp_data, *tanh_data;
+
+static int find_double_loop(PyObject *numpy, const char *name, PyUFuncGenericFunction *loop,
+                            void **data)
+{
+    PyObject *ufunc = PyObject_GetAttrString(numpy, name);
+    if (ufunc == NULL)
+        return -1;
+    if (!PyObject_TypeCheck(ufunc, &PyUFunc_Type)) {
+        Py_DECREF(ufunc);
+        PyErr_Format(PyExc_ImportError, "numpy.%s is not a ufunc", name);
+        return -1;
+    }
+    PyUFuncObject *u = (PyUFuncObject *)ufunc;
+    for (int i = 0; i < u->ntypes; i++) {
+        if (u->nin == 1 && u->nout == 1 && u->types[2 * i] == NPY_DOUBLE
+                && u->types[2 * i + 1] == NPY_DOUBLE && u->functions[i] != NULL) {
+            *loop = u->functions[i];
+            *data = u->data == NULL ? NULL : u->data[i];
+            Py_DECREF(ufunc);       /* numpy keeps the ufunc (and its loops) alive */
+            return 0;
+        }
+    }
+    Py_DECREF(ufunc);
+    PyErr_Format(PyExc_ImportError, "numpy.%s has no float64 loop", name);
+    return -1;
+}
+
+/* out[i] = f(in[i]) for n contiguous doubles, through a ufunc's inner loop */
+static inline void unary_loop(PyUFuncGenericFunction f, void *data, double *in, double *out,
+                              npy_intp n)
+{
+    char *args[2] = {(char *)in, (char *)out};
+    npy_intp dims[1] = {n};
+    npy_intp steps[2] = {sizeof(double), sizeof(double)};
+    f(args, dims, steps, data);
+}
+
+/* an array seen as (P, B, width): its data and byte strides (0 along a broadcast axis) */
+typedef struct {
+    char *data;
+    npy_intp p_stride, b_stride;
+} view;
+
+/* fills v for obj as a (P, B, width) operand; 1 if it fits, 0 if not (not an array,
+   or one of another dtype, shape or layout).  An output must have the shape itself,
+   as (P, B, width) or, with P = 1, (B, width); an input may broadcast to it. */
+static int as_view(PyObject *obj, npy_intp P, npy_intp B, npy_intp width, int output, view *v)
+{
+    if (!PyArray_Check(obj))
+        return 0;
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int nd = PyArray_NDIM(a);
+    if (PyArray_TYPE(a) != NPY_DOUBLE || !PyArray_ISNOTSWAPPED(a) || !PyArray_ISALIGNED(a)
+            || nd < 1 || nd > 3 || (output && (nd < 2 || !PyArray_ISWRITEABLE(a))))
+        return 0;
+    npy_intp *dims = PyArray_DIMS(a), *strides = PyArray_STRIDES(a);
+    if (dims[nd - 1] != width || (width > 1 && strides[nd - 1] != sizeof(double)))
+        return 0;
+    npy_intp want[2] = {P, B}, got[2] = {1, 1}, step[2] = {0, 0};
+    for (int k = 0; k < nd - 1; k++) {          /* the leading axes, right-aligned */
+        got[2 - (nd - 1) + k] = dims[k];
+        step[2 - (nd - 1) + k] = strides[k];
+    }
+    for (int k = 0; k < 2; k++) {
+        if (got[k] == want[k])
+            continue;
+        if (got[k] != 1 || output)              /* an output is never broadcast */
+            return 0;
+        step[k] = 0;
+    }
+    v->data = PyArray_BYTES(a);
+    v->p_stride = want[0] == 1 ? 0 : step[0];
+    v->b_stride = want[1] == 1 ? 0 : step[1];
+    return 1;
+}
+
+/* P, B and width of an output, (P, B, width) or (B, width) with P = 1; 0 if not one */
+static int output_shape(PyObject *obj, npy_intp *P, npy_intp *B, npy_intp *width)
+{
+    if (!PyArray_Check(obj))
+        return 0;
+    int nd = PyArray_NDIM((PyArrayObject *)obj);
+    if (nd != 2 && nd != 3)
+        return 0;
+    npy_intp *dims = PyArray_DIMS((PyArrayObject *)obj);
+    *P = nd == 3 ? dims[0] : 1;
+    *B = dims[nd - 2];
+    *width = dims[nd - 1];
+    return 1;
+}
+
+#define ROW(v, p, b) ((double *)((v).data + (p) * (v).p_stride + (b) * (v).b_stride))
+
+/* whether an output's B rows of one probe lie end to end (one ufunc call for them) */
+static int rows_packed(const view *v, npy_intp B, npy_intp width)
+{
+    return B == 1 || v->b_stride == width * (npy_intp)sizeof(double);
+}
+
+/* ------------------------------------------------------------------ sigmoid
+ * a <- sigma(a + x) = 1 / (1 + exp(-(a + x)))
+ * NumPy twin: add_into(a, x); then sigmoid_in_loop: negate, exp, add 1, reciprocal.
+ */
+static PyObject *sigmoid_of_sum(PyObject *self, PyObject *args)
+{
+    PyObject *a_obj, *x_obj;
+    if (!PyArg_ParseTuple(args, "OO:sigmoid_of_sum", &a_obj, &x_obj))
+        return NULL;
+    npy_intp P, B, W;
+    if (!output_shape(a_obj, &P, &B, &W))
+        Py_RETURN_FALSE;
+    view a, x;
+    if (!as_view(a_obj, P, B, W, 1, &a) || !as_view(x_obj, P, B, W, 0, &x))
+        Py_RETURN_FALSE;
+    int packed = rows_packed(&a, B, W);
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp p = 0; p < P; p++) {
+        for (npy_intp b = 0; b < B; b++) {
+            double *restrict ar = ROW(a, p, b);
+            const double *restrict xr = ROW(x, p, b);
+            for (npy_intp j = 0; j < W; j++)
+                ar[j] = -(ar[j] + xr[j]);                       /* -(a + x) */
+            if (!packed)
+                unary_loop(exp_loop, exp_data, ar, ar, W);
+        }
+        if (packed)
+            unary_loop(exp_loop, exp_data, ROW(a, p, 0), ROW(a, p, 0), B * W);
+        for (npy_intp b = 0; b < B; b++) {
+            double *restrict ar = ROW(a, p, b);
+            for (npy_intp j = 0; j < W; j++)
+                ar[j] = 1.0 / (ar[j] + 1.0);                    /* 1 / (1 + exp(-(a + x))) */
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
+/* ---------------------------------------------------------- GRU candidate
+ * gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old)
+ *
+ *   reset "after" (q given, holding h U_h):   q <- q + bn;  n <- r q + xp_h
+ *   reset "before" (q None, n holding (r h) U_h):         n <- n + xp_h
+ *   n <- tanh(n)
+ *   update "old":  h' = (h - n) z + n        update "new":  h' = (n - h) z + h
+ *   mask m (B,) given:  h_out = h' m + (1 - m) h;  else h_out = h'
+ *
+ * rz: the gates r | z (P, B, 2H), as sigmoid_of_sum wrote them.
+ * NumPy twin: GRU._layer_step after its gates, operation for operation.
+ */
+static PyObject *gru_candidate(PyObject *self, PyObject *args)
+{
+    PyObject *rz_obj, *q_obj, *bn_obj, *xh_obj, *h_obj, *m_obj, *n_obj, *ho_obj;
+    int update_old;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOp:gru_candidate", &rz_obj, &q_obj, &bn_obj, &xh_obj,
+                          &h_obj, &m_obj, &n_obj, &ho_obj, &update_old))
+        return NULL;
+    npy_intp P, B, H;
+    if (!output_shape(ho_obj, &P, &B, &H))
+        Py_RETURN_FALSE;
+    int after = q_obj != Py_None, masked = m_obj != Py_None;
+    view rz, q = {0}, bn = {0}, xh, h, n, ho;
+    if (!as_view(ho_obj, P, B, H, 1, &ho) || !as_view(n_obj, P, B, H, 1, &n)
+            || !as_view(rz_obj, P, B, 2 * H, 0, &rz) || !as_view(xh_obj, P, B, H, 0, &xh)
+            || !as_view(h_obj, P, B, H, 0, &h)
+            || (after && (!as_view(q_obj, P, B, H, 1, &q) || !as_view(bn_obj, P, B, H, 0, &bn))))
+        Py_RETURN_FALSE;
+    /* the mask: a (B,) float64 array, any stride */
+    const char *m_data = NULL;
+    npy_intp m_stride = 0;
+    if (masked) {
+        PyArrayObject *m = (PyArrayObject *)m_obj;
+        if (!PyArray_Check(m_obj) || PyArray_NDIM(m) != 1 || PyArray_DIM(m, 0) != B
+                || PyArray_TYPE(m) != NPY_DOUBLE || !PyArray_ISNOTSWAPPED(m)
+                || !PyArray_ISALIGNED(m))
+            Py_RETURN_FALSE;
+        m_data = PyArray_BYTES(m);
+        m_stride = PyArray_STRIDE(m, 0);
+    }
+    int packed = rows_packed(&n, B, H);
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp p = 0; p < P; p++) {
+        for (npy_intp b = 0; b < B; b++) {
+            const double *restrict r = ROW(rz, p, b), *restrict xr = ROW(xh, p, b);
+            double *restrict nr = ROW(n, p, b);
+            if (after) {
+                double *restrict qr = ROW(q, p, b);
+                const double *restrict br = ROW(bn, p, b);
+                for (npy_intp j = 0; j < H; j++) {
+                    double t = qr[j] + br[j];                   /* q = h U_h + bn */
+                    qr[j] = t;
+                    t = r[j] * t;                               /* r q */
+                    nr[j] = t + xr[j];                          /* r q + x W_h + b_h */
+                }
+            } else {
+                for (npy_intp j = 0; j < H; j++)
+                    nr[j] = nr[j] + xr[j];                      /* (r h) U_h + x W_h + b_h */
+            }
+            if (!packed)
+                unary_loop(tanh_loop, tanh_data, nr, nr, H);
+        }
+        if (packed)
+            unary_loop(tanh_loop, tanh_data, ROW(n, p, 0), ROW(n, p, 0), B * H);
+        for (npy_intp b = 0; b < B; b++) {
+            const double *restrict nr = ROW(n, p, b), *restrict z = ROW(rz, p, b) + H;
+            const double *restrict hr = ROW(h, p, b);
+            double *restrict o = ROW(ho, p, b);
+            if (update_old) {
+                for (npy_intp j = 0; j < H; j++) {
+                    double t = hr[j] - nr[j];                   /* h' = (h - n) z + n */
+                    t = t * z[j];
+                    o[j] = t + nr[j];
+                }
+            } else {
+                for (npy_intp j = 0; j < H; j++) {
+                    double t = nr[j] - hr[j];                   /* h' = (n - h) z + h */
+                    t = t * z[j];
+                    o[j] = t + hr[j];
+                }
+            }
+            if (masked) {
+                double mb = *(const double *)(m_data + b * m_stride);
+                double keep = 1.0 - mb;
+                for (npy_intp j = 0; j < H; j++) {
+                    double t = o[j] * mb;                       /* h_t = h' m + (1 - m) h */
+                    o[j] = t + keep * hr[j];
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef methods[] = {
+    {"sigmoid_of_sum", sigmoid_of_sum, METH_VARARGS,
+     "sigmoid_of_sum(a, x) -> bool: a <- sigma(a + x) in place; False (nothing written) "
+     "when the arrays do not fit the kernel."},
+    {"gru_candidate", gru_candidate, METH_VARARGS,
+     "gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old) -> bool: the GRU "
+     "step after its gates (see cells/_gate_kernels.c); False (nothing written) when "
+     "the arrays do not fit the kernel."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_gate_kernels",
+    "Fused gate arithmetic of the reference cells' forward step, bit-identical to NumPy's.",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__gate_kernels(void)
+{
+    import_array();
+    import_umath();
+    PyObject *numpy = PyImport_ImportModule("numpy");
+    if (numpy == NULL)
+        return NULL;
+    int bad = find_double_loop(numpy, "exp", &exp_loop, &exp_data)
+              || find_double_loop(numpy, "tanh", &tanh_loop, &tanh_data);
+    Py_DECREF(numpy);
+    if (bad)
+        return NULL;
+    return PyModule_Create(&module);
+}

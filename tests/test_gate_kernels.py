@@ -1,0 +1,206 @@
+"""The compiled gate kernels (cells/_gate_kernels.c) against the NumPy steps they stand
+in for: the same numbers to the last bit, arrays that do not fit refused untouched, and
+the GRU step really handing its arithmetic to them."""
+
+import shutil
+import sysconfig
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cells import gate_kernels
+from cells.gru import GRU, GRUConfig
+from gradcheck.masks import make_mask
+
+needs_kernels = pytest.mark.skipif(
+    gate_kernels.KERNELS is None,
+    reason=gate_kernels.status())
+
+
+def test_the_install_built_the_kernels():
+    # where a C compiler is, `pip install .` builds them: a silent fallback would only
+    # show as a slower check
+    if not gate_kernels.BUILT and not shutil.which(sysconfig.get_config_var("CC").split()[0]):
+        pytest.skip("no C compiler: the install could not build the kernels")
+    assert gate_kernels.BUILT, gate_kernels.status()
+
+
+def test_status_names_the_state():
+    assert gate_kernels.status().startswith("compiled gate kernels: ")
+    with gate_kernels.disabled():
+        assert gate_kernels.KERNELS is None
+        assert "on" not in gate_kernels.status().split(": ")[1]
+
+
+# ---------------------------------------------------------------- one step
+def step_both_ways(cell, l, params, h, xp, m_t, out):
+    """``_layer_step`` with the kernels and without: (h_t, cache) each, on copies of
+    the arrays it writes into."""
+    got = []
+    for kernels in (True, False):
+        bufs = None if out is None else tuple(None if b is None else b.copy() for b in out)
+        if kernels:
+            got.append(cell._layer_step(l, params, h, xp, m_t, out=bufs))
+        else:
+            with gate_kernels.disabled():
+                got.append(cell._layer_step(l, params, h, xp, m_t, out=bufs))
+    return got
+
+
+def assert_same_bits(a, b, what):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    assert np.array_equal(a.view(np.uint64), b.view(np.uint64)), (
+        f"{what}: {np.sum(a != b)} of {a.size} elements differ, worst |diff| "
+        f"{np.max(np.abs(a - b)):.3g}")
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None)
+@given(probes=st.integers(0, 7), batch=st.integers(1, 9), hidden=st.integers(1, 40),
+       reset=st.sampled_from(["before", "after"]), update=st.sampled_from(["old", "new"]),
+       probed=st.sampled_from(["U", "W", "bn", "h"]), masked=st.booleans(),
+       in_place=st.booleans(), scale=st.sampled_from([0.5, 3.0, 40.0]),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_a_step_is_the_numpy_step_to_the_bit(probes, batch, hidden, reset, update, probed,
+                                             masked, in_place, scale, seed):
+    cell = GRU(GRUConfig(input_size=3, hidden_size=hidden, reset=reset, update=update))
+    rng = np.random.default_rng(seed)
+    params = {k: v * scale for k, v in cell.init_params(rng).items()}
+    H, B, P = hidden, batch, probes
+    lead = (P,) if P else ()
+
+    def draw(shape, probe):
+        return rng.normal(scale=scale, size=(lead if probe else ()) + shape)
+
+    h = draw((B, H), probed == "h" or (P and probed in ("U", "bn", "W")))
+    if P and probed == "U":
+        params["U0"] = params["U0"] + draw((H, 3 * H), True) * 1e-3
+    if P and probed == "bn" and reset == "after":
+        params["bn0"] = (params["bn0"] + draw((H,), True) * 1e-3)[:, None, :]
+    xp = (draw((B, 2 * H), probed == "W"), draw((B, H), probed == "W"))
+    m_t = make_mask("random", rng, 1, B)[0] if masked else None
+    width = lead + (B,)
+    out = None
+    if in_place:
+        out = (None, np.empty(width + (2 * H,)), np.empty(width + (H,)),
+               np.empty(width + (H,)) if reset == "after" else None, np.empty(width + (H,)))
+    with np.errstate(over="ignore"):
+        (h_k, cache_k), (h_n, cache_n) = step_both_ways(cell, 0, params, h, xp, m_t, out)
+    assert_same_bits(h_k, h_n, "h_t")
+    for name, a, b in zip(("a_rz", "rz", "n", "q", "mask"), cache_k, cache_n):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert_same_bits(a, b, name)
+
+
+@needs_kernels
+@pytest.mark.parametrize("config", [
+    dict(),
+    dict(reset="after"),
+    dict(reset="after", update="new", readout="mean"),
+    dict(layers=2, embedding=True),
+    dict(reset="after", layers=2, truncate=3),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("mask", ["none", "random"])
+def test_losses_and_gradients_are_the_numpy_ones_to_the_bit(config, mask):
+    cell = GRU(GRUConfig(input_size=5, hidden_size=7, **config))
+    rng = np.random.default_rng(3)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 6, 4, make_mask(mask, rng, 6, 4))
+    name = "U0"
+    P = 5
+    stack = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in params.items()}
+    stack[name] = params[name] + rng.normal(scale=1e-3, size=(P,) + params[name].shape)
+
+    def run():
+        losses = cell.losses(stack, batch) if cell.config.truncate == -1 else None
+        return cell.loss(params, batch), cell.gradient(params, batch), losses
+
+    loss_k, grad_k, losses_k = run()
+    with gate_kernels.disabled():
+        loss_n, grad_n, losses_n = run()
+    assert_same_bits(loss_k, loss_n, "loss")
+    for k in grad_n:
+        assert_same_bits(grad_k[k], grad_n[k], f"dL/d{k}")
+    if losses_n is not None:
+        assert_same_bits(losses_k, losses_n, "losses")
+
+
+# ---------------------------------------------------------------- refusals
+@needs_kernels
+@pytest.mark.parametrize("bad", ["float32", "complex", "strided rows", "probe axis too many",
+                                 "1-D output", "not an array"])
+def test_an_unfit_array_is_refused_and_nothing_written(bad):
+    K = gate_kernels.KERNELS
+    rng = np.random.default_rng(0)
+    P, B, H = 3, 4, 5
+    a = rng.normal(size=(P, B, 2 * H))
+    x = rng.normal(size=(B, 2 * H))
+    if bad == "float32":
+        a = a.astype(np.float32)
+    elif bad == "complex":
+        x = x + 0j
+    elif bad == "strided rows":
+        x = rng.normal(size=(B, 4 * H))[:, ::2]
+    elif bad == "probe axis too many":
+        a, x = a[0], rng.normal(size=(P, B, 2 * H))
+    elif bad == "1-D output":
+        a = a[0, 0]
+    elif bad == "not an array":
+        x = x.tolist()
+    before = a.copy()
+    assert K.sigmoid_of_sum(a, x) is False
+    assert np.array_equal(a, before)
+    # the candidate kernel refuses on the same grounds
+    rz = rng.normal(size=(P, B, 2 * H))
+    n, h_out = np.zeros((P, B, H)), np.zeros((P, B, H))
+    h = rng.normal(size=(P, B, H)).astype(np.float32) if bad == "float32" else \
+        rng.normal(size=(P, B, H))
+    xh = x[..., :H] if bad != "not an array" else x
+    args = (rz, None, None, xh, h, None, n, h_out, True)
+    if bad in ("float32", "complex", "strided rows", "not an array"):
+        assert K.gru_candidate(*args) is False
+        assert not n.any() and not h_out.any()
+    assert K.gru_candidate(rz, None, None, rng.normal(size=(B, H)), h,
+                           rng.normal(size=(B + 1,)), n, h_out, True) is False   # mask of B + 1
+    assert not n.any() and not h_out.any()
+
+
+@needs_kernels
+def test_the_gru_step_hands_its_arithmetic_to_the_kernels(monkeypatch):
+    calls = []
+
+    class Counted:
+        def __getattr__(self, name):
+            kernel = getattr(gate_kernels.KERNELS_BUILT, name)
+
+            def counted(*args):
+                done = kernel(*args)
+                calls.append((name, done))
+                return done
+            return counted
+
+    monkeypatch.setattr(gate_kernels, "KERNELS_BUILT", gate_kernels.KERNELS, raising=False)
+    monkeypatch.setattr(gate_kernels, "KERNELS", Counted())
+    rng = np.random.default_rng(0)
+    for config, used in [(dict(), True), (dict(reset="after"), True),
+                         (dict(gate="hard"), False)]:
+        cell = GRU(GRUConfig(**config))
+        params = cell.init_params(rng)
+        batch = cell.sample_batch(rng, 4, 3)
+        calls.clear()
+        cell.loss(params, batch)
+        if used:
+            assert calls == [("sigmoid_of_sum", True), ("gru_candidate", True)] * 4, config
+        else:
+            assert calls == [], config
+    # the complex step's complex arrays are refused, and the NumPy step runs
+    cell = GRU(GRUConfig())
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 4, 3)
+    calls.clear()
+    cell.loss({**params, "U0": params["U0"] + 1e-20j}, batch)
+    assert calls and all(done is False for _, done in calls)
