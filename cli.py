@@ -128,8 +128,10 @@ def _embedding_sample(text):
 
 
 def _version() -> str:
+    """The version, and whether the compiled gate kernels run (cells.gate_kernels)."""
+    from cells.gate_kernels import status
     from gradcheck import __version__
-    return __version__
+    return f"{__version__}; {status()}"
 
 
 def make_parser() -> argparse.ArgumentParser:

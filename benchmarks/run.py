@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cells import gate_kernels  # noqa: E402
 from cells.gru import GRU, GRUConfig  # noqa: E402
 from cells.lstm import LSTM, LSTMConfig  # noqa: E402
 from gradcheck.check import check_gradients  # noqa: E402
@@ -475,6 +476,7 @@ def header():
     threads = torch.get_num_threads() if torch is not None else "-"
     load = os.getloadavg()
     print(f"cpus {os.cpu_count()}, torch threads {threads}, load average {load}")
+    print(gate_kernels.status())
     if load[0] > 0.5:
         print("warning: other processes are running; multi-threaded BLAS and torch's OpenMP "
               "threads slow down many times on a busy machine, so these numbers are not comparable")

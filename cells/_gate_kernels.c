@@ -119,12 +119,46 @@ static int output_shape(PyObject *obj, npy_intp *P, npy_intp *B, npy_intp *width
     return 1;
 }
 
+/* a step's mask: a (B,) float64 array, any stride; 0 if obj is not one */
+static int mask_view(PyObject *obj, npy_intp B, const char **data, npy_intp *stride)
+{
+    PyArrayObject *m = (PyArrayObject *)obj;
+    if (!PyArray_Check(obj) || PyArray_NDIM(m) != 1 || PyArray_DIM(m, 0) != B
+            || PyArray_TYPE(m) != NPY_DOUBLE || !PyArray_ISNOTSWAPPED(m) || !PyArray_ISALIGNED(m))
+        return 0;
+    *data = PyArray_BYTES(m);
+    *stride = PyArray_STRIDE(m, 0);
+    return 1;
+}
+
 #define ROW(v, p, b) ((double *)((v).data + (p) * (v).p_stride + (b) * (v).b_stride))
 
 /* whether an output's B rows of one probe lie end to end (one ufunc call for them) */
 static int rows_packed(const view *v, npy_intp B, npy_intp width)
 {
     return B == 1 || v->b_stride == width * (npy_intp)sizeof(double);
+}
+
+/* one probe's block: a <- f(a + x), or f(-(a + x)) with negate; f a ufunc's loop,
+   run once over the B rows where they lie end to end, else row by row */
+static void apply_to_sum(const view *a, const view *x, npy_intp p, npy_intp B, npy_intp W,
+                         int negate, PyUFuncGenericFunction f, void *data)
+{
+    int packed = rows_packed(a, B, W);
+    for (npy_intp b = 0; b < B; b++) {
+        double *restrict ar = ROW(*a, p, b);
+        const double *restrict xr = ROW(*x, p, b);
+        if (negate)
+            for (npy_intp j = 0; j < W; j++)
+                ar[j] = -(ar[j] + xr[j]);
+        else
+            for (npy_intp j = 0; j < W; j++)
+                ar[j] = ar[j] + xr[j];
+        if (!packed)
+            unary_loop(f, data, ar, ar, W);
+    }
+    if (packed)
+        unary_loop(f, data, ROW(*a, p, 0), ROW(*a, p, 0), B * W);
 }
 
 /* ------------------------------------------------------------------ sigmoid
@@ -142,19 +176,9 @@ static PyObject *sigmoid_of_sum(PyObject *self, PyObject *args)
     view a, x;
     if (!as_view(a_obj, P, B, W, 1, &a) || !as_view(x_obj, P, B, W, 0, &x))
         Py_RETURN_FALSE;
-    int packed = rows_packed(&a, B, W);
     Py_BEGIN_ALLOW_THREADS
     for (npy_intp p = 0; p < P; p++) {
-        for (npy_intp b = 0; b < B; b++) {
-            double *restrict ar = ROW(a, p, b);
-            const double *restrict xr = ROW(x, p, b);
-            for (npy_intp j = 0; j < W; j++)
-                ar[j] = -(ar[j] + xr[j]);                       /* -(a + x) */
-            if (!packed)
-                unary_loop(exp_loop, exp_data, ar, ar, W);
-        }
-        if (packed)
-            unary_loop(exp_loop, exp_data, ROW(a, p, 0), ROW(a, p, 0), B * W);
+        apply_to_sum(&a, &x, p, B, W, 1, exp_loop, exp_data);  /* exp(-(a + x)) */
         for (npy_intp b = 0; b < B; b++) {
             double *restrict ar = ROW(a, p, b);
             for (npy_intp j = 0; j < W; j++)
@@ -194,42 +218,25 @@ static PyObject *gru_candidate(PyObject *self, PyObject *args)
             || !as_view(h_obj, P, B, H, 0, &h)
             || (after && (!as_view(q_obj, P, B, H, 1, &q) || !as_view(bn_obj, P, B, H, 0, &bn))))
         Py_RETURN_FALSE;
-    /* the mask: a (B,) float64 array, any stride */
     const char *m_data = NULL;
     npy_intp m_stride = 0;
-    if (masked) {
-        PyArrayObject *m = (PyArrayObject *)m_obj;
-        if (!PyArray_Check(m_obj) || PyArray_NDIM(m) != 1 || PyArray_DIM(m, 0) != B
-                || PyArray_TYPE(m) != NPY_DOUBLE || !PyArray_ISNOTSWAPPED(m)
-                || !PyArray_ISALIGNED(m))
-            Py_RETURN_FALSE;
-        m_data = PyArray_BYTES(m);
-        m_stride = PyArray_STRIDE(m, 0);
-    }
-    int packed = rows_packed(&n, B, H);
+    if (masked && !mask_view(m_obj, B, &m_data, &m_stride))
+        Py_RETURN_FALSE;
     Py_BEGIN_ALLOW_THREADS
     for (npy_intp p = 0; p < P; p++) {
-        for (npy_intp b = 0; b < B; b++) {
-            const double *restrict r = ROW(rz, p, b), *restrict xr = ROW(xh, p, b);
-            double *restrict nr = ROW(n, p, b);
-            if (after) {
-                double *restrict qr = ROW(q, p, b);
-                const double *restrict br = ROW(bn, p, b);
+        if (after) {
+            for (npy_intp b = 0; b < B; b++) {
+                const double *restrict r = ROW(rz, p, b), *restrict br = ROW(bn, p, b);
+                double *restrict qr = ROW(q, p, b), *restrict nr = ROW(n, p, b);
                 for (npy_intp j = 0; j < H; j++) {
                     double t = qr[j] + br[j];                   /* q = h U_h + bn */
                     qr[j] = t;
-                    t = r[j] * t;                               /* r q */
-                    nr[j] = t + xr[j];                          /* r q + x W_h + b_h */
+                    nr[j] = r[j] * t;                           /* r q */
                 }
-            } else {
-                for (npy_intp j = 0; j < H; j++)
-                    nr[j] = nr[j] + xr[j];                      /* (r h) U_h + x W_h + b_h */
             }
-            if (!packed)
-                unary_loop(tanh_loop, tanh_data, nr, nr, H);
         }
-        if (packed)
-            unary_loop(tanh_loop, tanh_data, ROW(n, p, 0), ROW(n, p, 0), B * H);
+        /* n = tanh(r q + x W_h + b_h), or tanh((r h) U_h + x W_h + b_h) */
+        apply_to_sum(&n, &xh, p, B, H, 0, tanh_loop, tanh_data);
         for (npy_intp b = 0; b < B; b++) {
             const double *restrict nr = ROW(n, p, b), *restrict z = ROW(rz, p, b) + H;
             const double *restrict hr = ROW(h, p, b);
@@ -261,6 +268,76 @@ static PyObject *gru_candidate(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* --------------------------------------------------------- LSTM candidate
+ * lstm_candidate(ifo, u, xp_c, s, mask, tc, s_out)
+ *
+ *   u <- tanh(u + xp_c)                       (u holding h U_c on entry)
+ *   c' = f c + i u;  tc <- tanh(c');  h' = o tc;  s_out = [h' | c']
+ *   mask m (B,) given:  s_out = s' m + (1 - m) s;  else s_out = s'
+ *
+ * ifo: the gates i | f | o (P, B, 3H), as sigmoid_of_sum wrote them; s = [h | c]
+ * (P, B, 2H), the state entering the step.
+ * NumPy twin: LSTM._layer_step after its gates, operation for operation.
+ */
+static PyObject *lstm_candidate(PyObject *self, PyObject *args)
+{
+    PyObject *ifo_obj, *u_obj, *xc_obj, *s_obj, *m_obj, *tc_obj, *so_obj;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:lstm_candidate", &ifo_obj, &u_obj, &xc_obj, &s_obj,
+                          &m_obj, &tc_obj, &so_obj))
+        return NULL;
+    npy_intp P, B, H;
+    if (!output_shape(tc_obj, &P, &B, &H))
+        Py_RETURN_FALSE;
+    view ifo, u, xc, s, tc, so;
+    if (!as_view(tc_obj, P, B, H, 1, &tc) || !as_view(u_obj, P, B, H, 1, &u)
+            || !as_view(so_obj, P, B, 2 * H, 1, &so) || !as_view(ifo_obj, P, B, 3 * H, 0, &ifo)
+            || !as_view(xc_obj, P, B, H, 0, &xc) || !as_view(s_obj, P, B, 2 * H, 0, &s))
+        Py_RETURN_FALSE;
+    const char *m_data = NULL;
+    npy_intp m_stride = 0;
+    if (m_obj != Py_None && !mask_view(m_obj, B, &m_data, &m_stride))
+        Py_RETURN_FALSE;
+    int tc_packed = rows_packed(&tc, B, H);
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp p = 0; p < P; p++) {
+        /* u = tanh(a_c), a_c = h U_c + x W_c + b_c */
+        apply_to_sum(&u, &xc, p, B, H, 0, tanh_loop, tanh_data);
+        for (npy_intp b = 0; b < B; b++) {
+            const double *restrict i = ROW(ifo, p, b), *restrict f = i + H;
+            const double *restrict ur = ROW(u, p, b), *restrict c = ROW(s, p, b) + H;
+            double *restrict cn = ROW(so, p, b) + H, *restrict t = ROW(tc, p, b);
+            for (npy_intp j = 0; j < H; j++) {
+                double fc = f[j] * c[j];                        /* c' = f c + i u */
+                double iu = i[j] * ur[j];
+                fc = fc + iu;
+                cn[j] = fc;
+                t[j] = fc;
+            }
+            if (!tc_packed)
+                unary_loop(tanh_loop, tanh_data, t, t, H);
+        }
+        if (tc_packed)
+            unary_loop(tanh_loop, tanh_data, ROW(tc, p, 0), ROW(tc, p, 0), B * H);
+        for (npy_intp b = 0; b < B; b++) {
+            const double *restrict o = ROW(ifo, p, b) + 2 * H, *restrict t = ROW(tc, p, b);
+            double *restrict hn = ROW(so, p, b);
+            for (npy_intp j = 0; j < H; j++)
+                hn[j] = o[j] * t[j];                            /* h' = o tanh(c') */
+            if (m_data != NULL) {
+                double mb = *(const double *)(m_data + b * m_stride);
+                double keep = 1.0 - mb;
+                const double *restrict sr = ROW(s, p, b);
+                for (npy_intp j = 0; j < 2 * H; j++) {
+                    double v = hn[j] * mb;                      /* s_t = s' m + (1 - m) s */
+                    hn[j] = v + keep * sr[j];
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"sigmoid_of_sum", sigmoid_of_sum, METH_VARARGS,
      "sigmoid_of_sum(a, x) -> bool: a <- sigma(a + x) in place; False (nothing written) "
@@ -269,6 +346,10 @@ static PyMethodDef methods[] = {
      "gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old) -> bool: the GRU "
      "step after its gates (see cells/_gate_kernels.c); False (nothing written) when "
      "the arrays do not fit the kernel."},
+    {"lstm_candidate", lstm_candidate, METH_VARARGS,
+     "lstm_candidate(ifo, u, xp_c, s, mask, tc, s_out) -> bool: the LSTM step after its "
+     "gates (see cells/_gate_kernels.c); False (nothing written) when the arrays do not "
+     "fit the kernel."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -33,8 +33,9 @@ def status() -> str:
     if KERNELS is not None:
         return "compiled gate kernels: on"
     if BUILT:
-        return "compiled gate kernels: off (GRADCHECK_KERNELS=0)"
-    return "compiled gate kernels: not built (the NumPy steps run; same numbers, slower)"
+        by_env = os.environ.get("GRADCHECK_KERNELS", "1") == "0"
+        return "compiled gate kernels: off" + (", by GRADCHECK_KERNELS=0" if by_env else "")
+    return "compiled gate kernels: not built, the NumPy steps run (same numbers, slower)"
 
 
 @contextlib.contextmanager

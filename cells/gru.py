@@ -22,6 +22,10 @@ layer's states:
     readout="mean": p_b = sum_t m_tb h_tb / max(1, sum_t m_tb)
                     L = (1/B) sum_b CE(softmax(p_b V + c), y_b)
 
+The step's gate arithmetic, after its two products, runs in compiled code
+where the install built it (:mod:`cells.gate_kernels`): the same operations in
+the same order, with NumPy's own exp and tanh, so the same numbers to the bit.
+
 Only the layer step, its BPTT and the stacking are here; the data, embedding,
 readouts and BPTT driver (``loss_and_gradient``, ``gradient_details``,
 truncation) are shared with the LSTM in :mod:`cells.stacked`.

@@ -24,6 +24,10 @@ state c_t is no parameter.
 
 The state a layer carries from step to step, in the step interface and in
 ``gradient_details``'s ``state_adjoints``, is s_t = [h_t | c_t] (B, 2H).
+
+The step's gate arithmetic, after its two products, runs in compiled code
+where the install built it (:mod:`cells.gate_kernels`): the same operations in
+the same order, with NumPy's own exp and tanh, so the same numbers to the bit.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cells import workspace
-from cells.activations import GATES, tanh_grad_from_output
+from cells import gate_kernels, workspace
+from cells.activations import GATES, sigmoid_in_loop, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, validate_config
 from gradcheck.batch import Batch
 
@@ -115,10 +119,23 @@ class LSTM(StackedCell):
         keep_a = self.config.gate != "sigmoid"
         # a = x W + b + h U: the gates i | f | o, then the candidate's block c
         a_ifo = np.matmul(h, U_ifo, out=a_out if keep_a else ifo_out)
-        a_ifo = add_into(a_ifo, xp_ifo)                         # (B, 3H)
-        ifo = self.gate(a_ifo, out=ifo_out if keep_a else a_ifo)   # i, f, o = g(a_i), g(a_f), g(a_o)
+        # the compiled twin of the arithmetic below, where it runs (the same bits)
+        kernels = gate_kernels.KERNELS if self.gate is sigmoid_in_loop else None
+        if kernels is not None and kernels.sigmoid_of_sum(a_ifo, xp_ifo):
+            ifo = a_ifo                                         # sigma(a_ifo + xp_ifo)
+        else:
+            a_ifo = add_into(a_ifo, xp_ifo)                     # (B, 3H)
+            ifo = self.gate(a_ifo, out=ifo_out if keep_a else a_ifo)   # i, f, o = g(a_i), g(a_f), g(a_o)
         i, f, o = ifo[..., :H], ifo[..., H:2 * H], ifo[..., 2 * H:]
-        u = add_into(np.matmul(h, U_c, out=u_out), xp_c)        # a_c (B, H)
+        u = np.matmul(h, U_c, out=u_out)                        # h U_c (B, H)
+        mt = None if m_t is None else m_t[:, None]              # (B, 1)
+        a_kept = a_ifo if keep_a else None
+        if kernels is not None:
+            tc_k = np.empty_like(u) if tc_out is None else tc_out
+            s_k = np.empty(u.shape[:-1] + (2 * H,)) if s_out is None else s_out
+            if kernels.lstm_candidate(ifo, u, xp_c, s, m_t, tc_k, s_k):
+                return s_k, (a_kept, ifo, u, tc_k, mt)
+        u = add_into(u, xp_c)                                   # a_c (B, H)
         np.tanh(u, out=u)                                       # u = tanh(a_c), candidate c~
         if s_out is None:
             s_out = np.empty(np.broadcast_shapes(u.shape[:-1] + (2 * H,), s.shape), u.dtype)
@@ -129,11 +146,9 @@ class LSTM(StackedCell):
         np.tanh(c_new, out=tc)                                  # (B, H)
         # h'_t = o * tanh(c'_t)
         np.multiply(o, tc, out=s_out[..., :H])
-        a_kept = a_ifo if keep_a else None
         if m_t is None:                                         # every sequence on: s_t = s'_t
             return s_out, (a_kept, ifo, u, tc, None)
         # masked steps carry both h and c over: s_t = m s'_t + (1 - m) s_{t-1}
-        mt = m_t[:, None]                                       # (B, 1)
         s_out *= mt
         s_out += (1.0 - mt) * s
         return s_out, (a_kept, ifo, u, tc, mt)

@@ -208,7 +208,9 @@ def test_version(capsys):
     from gradcheck import __version__
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
-    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"gradcheck {__version__}"
+    from cells.gate_kernels import status
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gradcheck {__version__}; {status()}"
 
 
 def test_list_shows_the_lstm_zoo(capsys):

@@ -2,8 +2,12 @@
 in for: the same numbers to the last bit, arrays that do not fit refused untouched, and
 the GRU step really handing its arithmetic to them."""
 
+import os
 import shutil
+import subprocess
+import sys
 import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from hypothesis import strategies as st
 
 from cells import gate_kernels
 from cells.gru import GRU, GRUConfig
+from cells.lstm import LSTM, LSTMConfig
 from gradcheck.masks import make_mask
 
 needs_kernels = pytest.mark.skipif(
@@ -58,39 +63,44 @@ def assert_same_bits(a, b, what):
 
 
 @needs_kernels
-@settings(max_examples=60, deadline=None)
-@given(probes=st.integers(0, 7), batch=st.integers(1, 9), hidden=st.integers(1, 40),
-       reset=st.sampled_from(["before", "after"]), update=st.sampled_from(["old", "new"]),
-       probed=st.sampled_from(["U", "W", "bn", "h"]), masked=st.booleans(),
-       in_place=st.booleans(), scale=st.sampled_from([0.5, 3.0, 40.0]),
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(["gru", "lstm"]), probes=st.integers(0, 7), batch=st.integers(1, 9),
+       hidden=st.integers(1, 40), reset=st.sampled_from(["before", "after"]),
+       update=st.sampled_from(["old", "new"]), probed=st.sampled_from(["U", "W", "bn", "h"]),
+       masked=st.booleans(), in_place=st.booleans(), scale=st.sampled_from([0.5, 3.0, 40.0]),
        seed=st.integers(0, 2 ** 32 - 1))
-def test_a_step_is_the_numpy_step_to_the_bit(probes, batch, hidden, reset, update, probed,
+def test_a_step_is_the_numpy_step_to_the_bit(kind, probes, batch, hidden, reset, update, probed,
                                              masked, in_place, scale, seed):
-    cell = GRU(GRUConfig(input_size=3, hidden_size=hidden, reset=reset, update=update))
+    if kind == "gru":
+        cell = GRU(GRUConfig(input_size=3, hidden_size=hidden, reset=reset, update=update))
+    else:
+        cell = LSTM(LSTMConfig(input_size=3, hidden_size=hidden))
     rng = np.random.default_rng(seed)
     params = {k: v * scale for k, v in cell.init_params(rng).items()}
     H, B, P = hidden, batch, probes
     lead = (P,) if P else ()
+    gates, state = cell._gate_columns(), cell._state_width()
 
     def draw(shape, probe):
         return rng.normal(scale=scale, size=(lead if probe else ()) + shape)
 
-    h = draw((B, H), probed == "h" or (P and probed in ("U", "bn", "W")))
+    # the state entering the step has the probe axis whenever a parameter has
+    s = draw((B, state), probed == "h" or (P and probed in ("U", "bn", "W")))
     if P and probed == "U":
-        params["U0"] = params["U0"] + draw((H, 3 * H), True) * 1e-3
-    if P and probed == "bn" and reset == "after":
+        params["U0"] = params["U0"] + draw(params["U0"].shape, True) * 1e-3
+    if P and probed == "bn" and "bn0" in params:
         params["bn0"] = (params["bn0"] + draw((H,), True) * 1e-3)[:, None, :]
-    xp = (draw((B, 2 * H), probed == "W"), draw((B, H), probed == "W"))
+    xp = (draw((B, gates), probed == "W"), draw((B, H), probed == "W"))
     m_t = make_mask("random", rng, 1, B)[0] if masked else None
-    width = lead + (B,)
     out = None
-    if in_place:
-        out = (None, np.empty(width + (2 * H,)), np.empty(width + (H,)),
-               np.empty(width + (H,)) if reset == "after" else None, np.empty(width + (H,)))
+    if in_place:    # what _layer_forward hands the step: (a, gates, ..., state out)
+        out = tuple(np.empty(lead + (B, width)) if needed else None
+                    for _, width, needed in cell._step_arrays()) + (np.empty(lead + (B, state)),)
     with np.errstate(over="ignore"):
-        (h_k, cache_k), (h_n, cache_n) = step_both_ways(cell, 0, params, h, xp, m_t, out)
-    assert_same_bits(h_k, h_n, "h_t")
-    for name, a, b in zip(("a_rz", "rz", "n", "q", "mask"), cache_k, cache_n):
+        (s_k, cache_k), (s_n, cache_n) = step_both_ways(cell, 0, params, s, xp, m_t, out)
+    assert_same_bits(s_k, s_n, "state")
+    names = [name for name, _, _ in cell._step_arrays()] + ["mask"]
+    for name, a, b in zip(names, cache_k, cache_n):
         assert (a is None) == (b is None), name
         if a is not None:
             assert_same_bits(a, b, name)
@@ -105,8 +115,12 @@ def test_a_step_is_the_numpy_step_to_the_bit(probes, batch, hidden, reset, updat
     dict(reset="after", layers=2, truncate=3),
 ], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
 @pytest.mark.parametrize("mask", ["none", "random"])
-def test_losses_and_gradients_are_the_numpy_ones_to_the_bit(config, mask):
-    cell = GRU(GRUConfig(input_size=5, hidden_size=7, **config))
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_losses_and_gradients_are_the_numpy_ones_to_the_bit(kind, config, mask):
+    if kind == "lstm":
+        config = {k: v for k, v in config.items() if k not in ("reset", "update")}
+    cls, config_class = (GRU, GRUConfig) if kind == "gru" else (LSTM, LSTMConfig)
+    cell = cls(config_class(input_size=5, hidden_size=7, **config))
     rng = np.random.default_rng(3)
     params = cell.init_params(rng)
     batch = cell.sample_batch(rng, 6, 4, make_mask(mask, rng, 6, 4))
@@ -186,17 +200,18 @@ def test_the_gru_step_hands_its_arithmetic_to_the_kernels(monkeypatch):
     monkeypatch.setattr(gate_kernels, "KERNELS_BUILT", gate_kernels.KERNELS, raising=False)
     monkeypatch.setattr(gate_kernels, "KERNELS", Counted())
     rng = np.random.default_rng(0)
-    for config, used in [(dict(), True), (dict(reset="after"), True),
-                         (dict(gate="hard"), False)]:
-        cell = GRU(GRUConfig(**config))
+    for cell, used in [(GRU(GRUConfig()), "gru_candidate"),
+                       (GRU(GRUConfig(reset="after")), "gru_candidate"),
+                       (LSTM(LSTMConfig()), "lstm_candidate"),
+                       (GRU(GRUConfig(gate="hard")), None), (LSTM(LSTMConfig(gate="hard")), None)]:
         params = cell.init_params(rng)
         batch = cell.sample_batch(rng, 4, 3)
         calls.clear()
         cell.loss(params, batch)
         if used:
-            assert calls == [("sigmoid_of_sum", True), ("gru_candidate", True)] * 4, config
+            assert calls == [("sigmoid_of_sum", True), (used, True)] * 4, cell.config
         else:
-            assert calls == [], config
+            assert calls == [], cell.config
     # the complex step's complex arrays are refused, and the NumPy step runs
     cell = GRU(GRUConfig())
     params = cell.init_params(rng)
@@ -204,3 +219,15 @@ def test_the_gru_step_hands_its_arithmetic_to_the_kernels(monkeypatch):
     calls.clear()
     cell.loss({**params, "U0": params["U0"] + 1e-20j}, batch)
     assert calls and all(done is False for _, done in calls)
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("1", True)])
+def test_the_environment_turns_them_off(value, on):
+    code = "from cells import gate_kernels as g; print(g.KERNELS is not None, g.status())"
+    env = dict(os.environ, GRADCHECK_KERNELS=value)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    running, status = done.stdout.strip().split(" ", 1)
+    assert running == str(on and gate_kernels.BUILT)
+    if not on and gate_kernels.BUILT:
+        assert status == "compiled gate kernels: off, by GRADCHECK_KERNELS=0"
