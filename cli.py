@@ -428,7 +428,8 @@ def _run_check(args) -> int:
     # a bar on stderr when it is a terminal and the numeric oracle runs over a second
     with progress.showing(progress.TqdmBar() if sys.stderr.isatty() else None):
         result = _checked(args, checking)
-    doc = result.as_dict()
+    # the JSON document, for --json and --html only (the text is read off the result)
+    doc = result.as_dict() if args.json or args.html is not None else None
     if args.json:
         _emit(json.dumps(doc, indent=2, allow_nan=False))     # as_dict wrote NaN as "nan"
     else:

@@ -251,6 +251,10 @@ def process_time(argv, repeats: int) -> float:
     """
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
+    # Python's default: the first run writes the modules' bytecode, the others read it,
+    # as an installed command's (pip compiles it) would; PYTHONDONTWRITEBYTECODE=1 (set
+    # on some machines) would have every run compile the project's modules again
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
