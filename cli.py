@@ -7,6 +7,7 @@ input error (one line on stderr naming the problem); 3 an internal error.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -565,5 +566,18 @@ def main(argv=None) -> int:
         return EXIT_INTERNAL
 
 
+def console_main() -> int:
+    """The ``gradcheck`` command (and ``python -m gradcheck``, ``python cli.py``): ``main()``
+    in a process of its own, which ends when it returns.
+
+    Its objects end with the process, so they are frozen first (``gc.freeze``: the
+    collector's exit-time pass skips them): exit took 31 ms of a 0.6 s check here,
+    13.5 ms frozen.  In-process callers of ``main()`` are left alone.
+    """
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import EXIT_MISMATCH, EXIT_PASS, EXIT_USAGE, main
+from cli import EXIT_MISMATCH, EXIT_PASS, EXIT_USAGE, console_main, main
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--oracles", "analytic,numeric"]
@@ -137,7 +137,17 @@ def test_entry_points_run(prefix):
 def test_console_script_is_installed():
     from importlib.metadata import entry_points
     (ep,) = entry_points(group="console_scripts", name="gradcheck")
-    assert ep.load() is main
+    assert ep.load() is console_main
+
+
+def test_the_command_returns_mains_code_and_freezes_its_objects_for_exit():
+    code = ("import gc, sys, cli; sys.argv = ['gradcheck'] + sys.argv[1:]; "
+            "frozen = gc.get_freeze_count(); code = cli.console_main(); "
+            "print(code, frozen, gc.get_freeze_count() > 0)")
+    for argv, want in ((["list"], EXIT_PASS), (["check", "no_such_file.py:cell"], EXIT_USAGE)):
+        proc = subprocess.run([sys.executable, "-c", code] + argv, capture_output=True,
+                              text=True, cwd=ROOT)
+        assert proc.stdout.split()[-3:] == [str(want), "0", "True"], proc.stderr
 
 
 def test_default_check_runs_all_three_oracle_pairs(capsys):
