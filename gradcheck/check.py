@@ -25,7 +25,8 @@ from gradcheck.compare import Comparison, _json_float, compare_gradients
 from gradcheck.directional import directional_check
 from gradcheck.finite_differences import (ComplexStepError, central_differences,
                                           complex_step_disagreement, complex_step_refusal,
-                                          numeric_gradient, step_size_curve)
+                                          numeric_gradient, step_size_curve,
+                                          vectorised_losses)
 from gradcheck.localise import DetailsMismatch, Localisation, StepInterfaceMismatch
 from gradcheck.localise import localise as localise_errors
 from gradcheck.params import validate_params
@@ -611,7 +612,7 @@ def check_gradients(cell, params, batch, *, symbolic=None, oracles=None, atol=No
                             f"parameter (seeded), the rest {rest}")
     result.notes += [check.note() for check in row_checks.values()]
     if any("numeric" in c.oracles for c in comparisons):
-        result.step_curve = _step_curve(result, numeric_loss, params64, grads)
+        result.step_curve = _step_curve(result, numeric_loss, params64, grads, cell, batch)
     mask = getattr(batch, "mask", None)
     result.notes += _zero_gradient_notes(specs, grads, np.shape(mask)[0] if np.ndim(mask) else None)
     result.notes += _cannot_fail(specs, grads, tolerances)
@@ -861,13 +862,15 @@ def _chosen(elements, name, shape) -> np.ndarray:
     return np.ones(shape, dtype=bool) if mask is None else mask
 
 
-def _step_curve(result, loss, params, grads):
-    """The finite-difference error against step size, at the worst element."""
+def _step_curve(result, loss, params, grads, cell, batch):
+    """The finite-difference error against step size, at the worst element (its losses
+    in one vectorised pass where the numeric oracle's may run so)."""
     pairs = [c for c in result.comparisons if "numeric" in c.oracles]
     # the worst element of the worst failing pair with numeric, else of the worst pair
     chosen = max(pairs, key=lambda c: (not c.passed, c.max_abs_error))
     reference = next(o for o in ("autodiff", "analytic") if o in grads)
     index = chosen.worst_index
     return step_size_curve(loss, params, chosen.parameter, index,
-                           grads[reference][chosen.parameter][index]) | {
+                           grads[reference][chosen.parameter][index], cell=cell,
+                           losses=vectorised_losses(cell, params, batch, loss)) | {
                                "reference_oracle": reference}

@@ -65,7 +65,7 @@ __all__ = ["STEP_SCALE", "KINK_RTOL", "COMPLEX_STEP", "NUMERIC_METHODS", "Comple
            "complex_step", "batched_complex_step", "complex_step_refusal",
            "complex_step_disagreement", "numeric_gradient", "unflag_curvature", "is_curve",
            "curve_central",
-           "numeric_loss", "probe_chunk", "probe_workers", "step_size_curve"]
+           "numeric_loss", "probe_chunk", "probe_workers", "step_size_curve", "vectorised_losses"]
 
 STEP_SCALE = float(np.finfo(np.float64).eps ** (1.0 / 3.0))
 # one-sided differences disagreeing by more than this fraction flag a kink
@@ -146,12 +146,18 @@ def central_differences(loss, params, names=None, *, scale: float = STEP_SCALE,
     return out
 
 
-def step_size_curve(loss, params, name, index, reference, *, scales=None) -> dict:
+def step_size_curve(loss, params, name, index, reference, *, scales=None, cell=None,
+                    losses=None) -> dict:
     """Error of the central difference of one element against ``reference``, by step size.
 
     The curve is V-shaped: truncation error O(h^2) on the right, rounding error
     O(eps / h) on the left, its minimum near h = eps^(1/3).  A curve whose floor
     sits far above rounding says the reference itself is off.
+
+    losses: ``losses(stack)`` -> (P,), the vectorised ``loss`` of a probe stack
+        ``{name: (P, *shape)}`` (as ``cell.losses``), giving ``loss``'s numbers to the
+        bit; the curve's losses then run in passes of probes instead of one by one.
+    cell: the cell ``losses`` belongs to, for its embedding's row probes (see ``_stack``).
 
     Returns ``{"parameter", "index", "steps", "errors", "reference", "step_used"}``.
     """
@@ -159,16 +165,25 @@ def step_size_curve(loss, params, name, index, reference, *, scales=None) -> dic
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     theta = work[name]
     old = float(theta[index])
-    steps, errors = [], []
-    for c in scales:
-        h = (old + c * max(1.0, abs(old))) - old
-        theta[index] = old + h
-        f_plus = float(loss(work))
-        theta[index] = old - h
-        f_minus = float(loss(work))
+    steps = [float((old + c * max(1.0, abs(old))) - old) for c in scales]
+    # the probes theta_i + h, theta_i - h of every step h, in that order
+    values = np.array([old + sign * h for h in steps for sign in (1.0, -1.0)])
+    if losses is None:
+        found = []
+        for value in values:
+            theta[index] = value
+            found.append(float(loss(work)))
         theta[index] = old
-        steps.append(float(h))
-        errors.append(abs((f_plus - f_minus) / (2.0 * h) - float(reference)))
+    else:
+        flat = np.ravel_multi_index(tuple(np.atleast_1d(index)), theta.shape)
+        per_pass = max(2, int(STACK_BYTES // max(1, theta.nbytes)) // 2 * 2)
+        found = [float(f) for start in range(0, len(values), per_pass)
+                 for f in losses(_stack(work, name, np.full(len(values[start:start + per_pass]),
+                                                             flat),
+                                        values[start:start + per_pass], cell))]
+    # (L(theta + h) - L(theta - h)) / 2h
+    errors = [abs((found[2 * k] - found[2 * k + 1]) / (2.0 * h) - float(reference))
+              for k, h in enumerate(steps)]
     return {"parameter": name, "index": [int(i) for i in index], "steps": steps,
             "errors": errors, "reference": float(reference),
             "step_used": float(element_steps(np.array([old]))[0])}
@@ -300,6 +315,22 @@ def _has_losses(cell) -> bool:
     (truncation surrogates run through the step interface instead)."""
     return (hasattr(cell, "losses") and getattr(cell, "losses_match_loss", True)
             and getattr(getattr(cell, "truncation", None), "kind", "full") == "full")
+
+
+def vectorised_losses(cell, params, batch, loss):
+    """The vectorised ``loss`` where it may stand in for ``loss`` here, else None.
+
+    ``loss``'s own ``losses`` (a truncation surrogate's), or ``cell.losses`` where
+    ``_has_losses`` says so; either only when ``_batched_ready`` finds it gives
+    ``loss``'s number to the bit (``batched_central_differences``'s rule).
+    """
+    losses = getattr(loss, "losses", None)
+    if losses is None:
+        if not _has_losses(cell):
+            return None
+        losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
+    work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
+    return losses if _batched_ready(cell, work, losses, float(loss(work))) else None
 
 
 def _batched_ready(cell, work, losses, f0, strict=True) -> bool:

@@ -153,3 +153,64 @@ def test_complex_step_guard_sees_a_small_term_spread_over_many_elements(seed):
     assert complex_step_disagreement(loss, params, seed=seed) is not None
     assert complex_step_disagreement(lambda p: np.tanh(x @ p["W"]).sum(), params,
                                      seed=seed) is None
+
+
+# ------------------------------------------------ the step-size curve
+def _curve_case(config, truncate=-1):
+    from cells.gru import GRU, GRUConfig
+    from gradcheck.masks import make_mask
+    cell = GRU(GRUConfig(truncate=truncate, **config))
+    rng = np.random.default_rng(5)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3, make_mask("random", rng, 5, 3))
+    return cell, params, batch
+
+
+@pytest.mark.parametrize("config, truncate, name, index", [
+    (dict(), -1, "U0", (2, 7)),
+    (dict(reset="after", readout="mean"), -1, "bn0", (3,)),
+    (dict(embedding=True, layers=2), -1, "E", (4, 1)),       # the embedding's row probes
+    (dict(), 2, "W0", (1, 5)),                                  # a truncation surrogate's losses
+])
+def test_the_vectorised_step_size_curve_is_the_one_by_one_curve(config, truncate, name, index):
+    from gradcheck.finite_differences import numeric_loss, step_size_curve, vectorised_losses
+    cell, params, batch = _curve_case(config, truncate)
+    loss = numeric_loss(cell, params, batch)
+    losses = vectorised_losses(cell, params, batch, loss)
+    assert losses is not None
+    reference = cell.gradient(params, batch)[name][index]
+    one_by_one = step_size_curve(loss, params, name, index, reference)
+    # in passes of 50 probes, and of 2 (a stack limit below one pass)
+    assert step_size_curve(loss, params, name, index, reference, cell=cell,
+                           losses=losses) == one_by_one
+    import gradcheck.finite_differences as fd
+    saved, fd.STACK_BYTES = fd.STACK_BYTES, params[name].nbytes * 3
+    try:
+        assert step_size_curve(loss, params, name, index, reference, cell=cell,
+                               losses=losses) == one_by_one
+    finally:
+        fd.STACK_BYTES = saved
+    # and the curve is the V it should be: the error is smallest near eps^(1/3), far
+    # below the error of the largest and of the smallest steps
+    errors = np.array(one_by_one["errors"])
+    best = int(np.argmin(errors))
+    assert 1e-8 < one_by_one["steps"][best] < 1e-3
+    assert errors[best] < 1e-3 * min(errors[0], errors[-1])
+
+
+def test_vectorised_losses_stand_in_only_where_they_compute_the_loss():
+    from gradcheck.finite_differences import numeric_loss, vectorised_losses
+    cell, params, batch = _curve_case(dict())
+    assert vectorised_losses(cell, params, batch, numeric_loss(cell, params, batch)) is not None
+    # another function than the cell's loss: its losses would not be this loss's
+    other = lambda p: float(cell.loss(p, batch)) * 2.0          # noqa: E731
+    assert vectorised_losses(cell, params, batch, other) is None
+    # a cell whose loss overrides the reference's: its losses would still run the reference's
+
+    class Scaled(type(cell)):
+        def loss(self, params, batch):
+            return 2.0 * super().loss(params, batch)
+
+    scaled = Scaled(cell.config)
+    assert not scaled.losses_match_loss
+    assert vectorised_losses(scaled, params, batch, numeric_loss(scaled, params, batch)) is None
