@@ -268,6 +268,92 @@ static PyObject *gru_candidate(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* ------------------------------------------------- GRU backward, reset "after"
+ * gru_backward_after(dh, mask, rz, n, q, h, da, dq, dh_prev, update_old)
+ *
+ * One step's BPTT before its product with U, sigmoid gates (g' = g (1 - g)):
+ *
+ *   dh' = m dh (dh without a mask);  k = z, or 1 - z for update "new"
+ *   dh_prev = dh' k  (+ (1 - m) dh with a mask);   dn = dh' (1 - k)
+ *   dz = (h - n) dh' (negated for update "new");   da_h = (1 - n^2) dn
+ *   da_r = (da_h q) r (1 - r);   da_z = dz z (1 - z)
+ *   da = [da_r | da_z | da_h];   dq = [da_r | da_z | r da_h]
+ *
+ * then the caller adds dq U^T to dh_prev.  All (B, width) arrays, one step.
+ * NumPy twin: GRU._layer_step_backward, operation for operation.
+ */
+/* one row of gru_backward_after; masked and old are constants at each call */
+static inline __attribute__((always_inline)) void gru_backward_row(
+    const double *restrict d, const double *restrict r, const double *restrict z,
+    const double *restrict nr, const double *restrict qr, const double *restrict hr,
+    double *restrict a, double *restrict aq, double *restrict prev, npy_intp H, double m,
+    int masked, int old)
+{
+    double keep = 1.0 - m;
+    for (npy_intp j = 0; j < H; j++) {
+        double dnew = masked ? m * d[j] : d[j];                 /* dh' = m dh */
+        double k = old ? z[j] : 1.0 - z[j];
+        double one_minus_k = old ? 1.0 - z[j] : z[j];
+        double slope_r = r[j] * (1.0 - r[j]), slope_z = z[j] * (1.0 - z[j]);
+        double tg = 1.0 - nr[j] * nr[j];                        /* 1 - n^2 */
+        double h_minus_n = hr[j] - nr[j];
+        double back = dnew * k;                                 /* dh_prev = dh' k */
+        double dn = dnew * one_minus_k;                         /* dn = dh' (1 - k) */
+        if (masked)
+            back = back + keep * d[j];                          /* + (1 - m) dh */
+        double dk = h_minus_n * dnew;                           /* dh' (h - n) */
+        double dz = old ? dk : -dk;
+        double da_h = tg * dn;
+        double da_r = (da_h * qr[j]) * slope_r;                 /* dr = da_h q */
+        double da_z = dz * slope_z;
+        a[j] = da_r;
+        a[H + j] = da_z;
+        a[2 * H + j] = da_h;
+        aq[j] = da_r;
+        aq[H + j] = da_z;
+        aq[2 * H + j] = da_h * r[j];                            /* dq_h = r da_h */
+        prev[j] = back;
+    }
+}
+
+static PyObject *gru_backward_after(PyObject *self, PyObject *args)
+{
+    PyObject *dh_obj, *m_obj, *rz_obj, *n_obj, *q_obj, *h_obj, *da_obj, *dq_obj, *dp_obj;
+    int update_old;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOp:gru_backward_after", &dh_obj, &m_obj, &rz_obj,
+                          &n_obj, &q_obj, &h_obj, &da_obj, &dq_obj, &dp_obj, &update_old))
+        return NULL;
+    npy_intp P, B, H;
+    if (!output_shape(dp_obj, &P, &B, &H) || P != 1)
+        Py_RETURN_FALSE;
+    view dh, rz, n, q, h, da, dq, dp;
+    if (!as_view(dp_obj, 1, B, H, 1, &dp) || !as_view(da_obj, 1, B, 3 * H, 1, &da)
+            || !as_view(dq_obj, 1, B, 3 * H, 1, &dq) || !as_view(dh_obj, 1, B, H, 0, &dh)
+            || !as_view(rz_obj, 1, B, 2 * H, 0, &rz) || !as_view(n_obj, 1, B, H, 0, &n)
+            || !as_view(q_obj, 1, B, H, 0, &q) || !as_view(h_obj, 1, B, H, 0, &h))
+        Py_RETURN_FALSE;
+    const char *m_data = NULL;
+    npy_intp m_stride = 0;
+    if (m_obj != Py_None && !mask_view(m_obj, B, &m_data, &m_stride))
+        Py_RETURN_FALSE;
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp b = 0; b < B; b++) {
+        double m = m_data == NULL ? 1.0 : *(const double *)(m_data + b * m_stride);
+#define GRU_BACKWARD_ROW(masked, old)                                                   \
+        gru_backward_row(ROW(dh, 0, b), ROW(rz, 0, b), ROW(rz, 0, b) + H, ROW(n, 0, b),    \
+                         ROW(q, 0, b), ROW(h, 0, b), ROW(da, 0, b), ROW(dq, 0, b),          \
+                         ROW(dp, 0, b), H, m, masked, old)
+        /* one branch-free loop per case, so that each vectorises */
+        if (m_data == NULL)
+            update_old ? GRU_BACKWARD_ROW(0, 1) : GRU_BACKWARD_ROW(0, 0);
+        else
+            update_old ? GRU_BACKWARD_ROW(1, 1) : GRU_BACKWARD_ROW(1, 0);
+#undef GRU_BACKWARD_ROW
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
 /* --------------------------------------------------------- LSTM candidate
  * lstm_candidate(ifo, u, xp_c, s, mask, tc, s_out)
  *
@@ -346,6 +432,10 @@ static PyMethodDef methods[] = {
      "gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old) -> bool: the GRU "
      "step after its gates (see cells/_gate_kernels.c); False (nothing written) when "
      "the arrays do not fit the kernel."},
+    {"gru_backward_after", gru_backward_after, METH_VARARGS,
+     "gru_backward_after(dh, mask, rz, n, q, h, da, dq, dh_prev, update_old) -> bool: a GRU "
+     "step's BPTT (reset after, sigmoid gates) before its product with U (see "
+     "cells/_gate_kernels.c); False (nothing written) when the arrays do not fit."},
     {"lstm_candidate", lstm_candidate, METH_VARARGS,
      "lstm_candidate(ifo, u, xp_c, s, mask, tc, s_out) -> bool: the LSTM step after its "
      "gates (see cells/_gate_kernels.c); False (nothing written) when the arrays do not "

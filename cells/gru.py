@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cells import gate_kernels, workspace
-from cells.activations import GATES, sigmoid_in_loop, tanh_grad_from_output
+from cells.activations import GATES, sigmoid_grad, sigmoid_in_loop, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
@@ -213,6 +213,15 @@ class GRU(StackedCell):
         a_rz, rz, n, q, _ = step_cache
         r, z = rz[:, :H], rz[:, H:]
         da, dq = out
+        # the compiled twin of the rules below (reset "after", sigmoid gates), where it
+        # runs: the same bits; not for a subclass that changes a rule it would bypass
+        kernels = gate_kernels.KERNELS if q is not None and self._backward_fusable() else None
+        if kernels is not None:
+            dh_prev = np.empty(dh.shape)
+            if kernels.gru_backward_after(dh, None if mt is None else mt.reshape(-1), rz, n, q,
+                                          h, da, dq, dh_prev, self.config.update == "old"):
+                dh_prev += dq @ U.T
+                return dh_prev
         # h_t = m h'_t + (1 - m) h_{t-1};  mt None: every sequence on, h_t = h'_t
         dh_new = dh if mt is None else mt * dh
         # h'_t = (1 - k) n + k h_{t-1},  k = z (update "old") or 1 - z (update "new")
@@ -241,6 +250,12 @@ class GRU(StackedCell):
             dq[:, 2 * H:] *= r
             dh_prev += dq @ U.T
         return dh_prev                                          # (B, H)
+
+    def _backward_fusable(self) -> bool:
+        """Whether ``_layer_step_backward``'s rules are the reference's, as its compiled twin
+        computes them: sigmoid gates, and no subclass override of a rule it reads."""
+        return self.gate_grad is sigmoid_grad and self._reference_kept(
+            ("_step_slopes", "_reset_gate_delta"), owner="_layer_step_backward")
 
     def _linear_step_backward(self, l, params, dh, coefficients, out):
         """``_layer_step_backward`` with the parts that do not depend on dL/dh

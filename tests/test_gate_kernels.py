@@ -143,6 +143,74 @@ def test_losses_and_gradients_are_the_numpy_ones_to_the_bit(kind, config, mask):
         assert_same_bits(losses_k, losses_n, "losses")
 
 
+# ---------------------------------------------------------------- the backward step
+def rule_by_rule(monkeypatch):
+    """Every layer's backward pass step by step, rule by rule (as large layers run it)."""
+    import cells.gru
+    monkeypatch.setattr(cells.gru, "LINEAR_BYTES", -1)
+
+
+def gradients_both_ways(cell, params, batch):
+    with_kernels = cell.gradient(params, batch)
+    with gate_kernels.disabled():
+        without = cell.gradient(params, batch)
+    return with_kernels, without
+
+
+@needs_kernels
+@pytest.mark.parametrize("config", [
+    dict(), dict(update="new"), dict(layers=2, embedding=True), dict(readout="mean"),
+    dict(hidden_size=13, input_size=3),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("mask", ["none", "random", "lengths"])
+def test_the_backward_step_is_the_numpy_one_to_the_bit(monkeypatch, config, mask):
+    rule_by_rule(monkeypatch)
+    cell = GRU(GRUConfig(**{"input_size": 5, "hidden_size": 7, "reset": "after", **config}))
+    rng = np.random.default_rng(11)
+    params = {k: 3.0 * v for k, v in cell.init_params(rng).items()}   # gates near saturation too
+    batch = cell.sample_batch(rng, 6, 4, make_mask(mask, rng, 6, 4))
+    got, want = gradients_both_ways(cell, params, batch)
+    for k in want:
+        assert_same_bits(got[k], want[k], f"dL/d{k}")
+
+
+@needs_kernels
+def test_a_broken_cell_keeps_its_broken_backward_step(monkeypatch):
+    # each GRU of the zoo whose bug lives in a rule the backward kernel would compute
+    # (the gate slope, the reset gate's delta) must get its own wrong gradient, not the
+    # kernel's right one
+    from cells.zoo import gru_bugs
+    rule_by_rule(monkeypatch)
+    rng = np.random.default_rng(2)
+
+    class NoResetSlope(GRU):        # reset "after": dL/da_r without the gate's slope
+        def _reset_gate_delta(self, da_h, h, q, U, slope_r):
+            if q is None:
+                return super()._reset_gate_delta(da_h, h, q, U, slope_r)
+            return da_h * q
+
+    class TanhSlopeFromInput(GRU):  # 1 - a^2 where 1 - n^2 belongs
+        def _step_slopes(self, a_rz, rz, n, h):
+            gp, tg, h_minus_n = super()._step_slopes(a_rz, rz, n, h)
+            return gp, 1.0 - np.arctanh(np.clip(n, -0.999, 0.999)) ** 2, h_minus_n
+
+    caught = 0
+    for cls in (gru_bugs.ResetGateMissingDerivativeGRU, gru_bugs.BlogResetDeltaGRU,
+                gru_bugs.BlogHardSigmoidSlopeGRU, gru_bugs.ElementwiseProductGRU,
+                NoResetSlope, TanhSlopeFromInput):
+        gate = "hard" if cls is gru_bugs.BlogHardSigmoidSlopeGRU else "sigmoid"
+        for reset in ("after", "before"):
+            cell = cls(GRUConfig(input_size=4, hidden_size=5, reset=reset, gate=gate))
+            params = cell.init_params(rng)
+            batch = cell.sample_batch(rng, 5, 3)
+            got, want = gradients_both_ways(cell, params, batch)
+            right = GRU(cell.config).gradient(params, batch)
+            for k in want:
+                assert_same_bits(got[k], want[k], f"{cls.__name__} reset={reset}: dL/d{k}")
+            caught += any(not np.allclose(want[k], right[k]) for k in want)
+    assert caught >= 6          # the bugs are live in these configurations
+
+
 # ---------------------------------------------------------------- refusals
 @needs_kernels
 @pytest.mark.parametrize("bad", ["float32", "complex", "strided rows", "probe axis too many",
@@ -212,6 +280,14 @@ def test_the_gru_step_hands_its_arithmetic_to_the_kernels(monkeypatch):
             assert calls == [("sigmoid_of_sum", True), (used, True)] * 4, cell.config
         else:
             assert calls == [], cell.config
+    # the backward step, where the layer runs it rule by rule
+    rule_by_rule(monkeypatch)
+    cell = GRU(GRUConfig(reset="after"))
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 4, 3)
+    calls.clear()
+    cell.gradient(params, batch)
+    assert calls.count(("gru_backward_after", True)) == 4
     # the complex step's complex arrays are refused, and the NumPy step runs
     cell = GRU(GRUConfig())
     params = cell.init_params(rng)

@@ -109,17 +109,28 @@ def test_update_new_convention_matches_numeric(reset, layers):
 
 def _both_backward_paths(cell, params, data, monkeypatch):
     """The gradient by the linear recursion (small layers, cells.gru.LINEAR_BYTES) and
-    rule by rule, step by step (large ones), and how often each called _step_slopes."""
+    rule by rule, step by step (large ones), and how often each ran: the linear path's
+    calls of _step_slopes (its coefficients), the other's of _layer_step_backward."""
     import cells.gru
-    calls = []
-    original = GRU._step_slopes
-    monkeypatch.setattr(GRU, "_step_slopes", lambda self, *a: calls.append(1) or original(self, *a))
+    calls = {"_step_slopes": 0, "_layer_step_backward": 0}
+
+    def counted(name):
+        original = getattr(GRU, name)
+
+        def spy(self, *args):
+            calls[name] += 1
+            return original(self, *args)
+        monkeypatch.setattr(GRU, name, spy)
+
+    counted("_step_slopes")
+    counted("_layer_step_backward")
     linear = cell.gradient(params, data)
-    linear_calls = len(calls)
+    linear_calls = calls["_step_slopes"]
+    assert calls["_layer_step_backward"] == 0           # no step ran rule by rule
     monkeypatch.setattr(cells.gru, "LINEAR_BYTES", -1)
     stepwise = cell.gradient(params, data)
     monkeypatch.undo()
-    return linear, stepwise, linear_calls, len(calls) - linear_calls
+    return linear, stepwise, linear_calls, calls["_layer_step_backward"]
 
 
 def _assert_same_to_rounding(a, b):
