@@ -12,6 +12,8 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension(
     "cells._gate_kernels", ["cells/_gate_kernels.c"],
     include_dirs=[numpy.get_include()],
-    # -ffp-contract=off: no fused multiply-add, every operation rounded as NumPy rounds it
-    extra_compile_args=["-O3", "-ffp-contract=off"],
+    # every operation rounded on its own, as NumPy's ufuncs round it: no fused
+    # multiply-add (-ffp-contract=off), no reassociation (-fno-fast-math, in case the
+    # interpreter's own flags ask for it)
+    extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
     optional=True)])

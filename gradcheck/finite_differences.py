@@ -176,11 +176,13 @@ def step_size_curve(loss, params, name, index, reference, *, scales=None, cell=N
         theta[index] = old
     else:
         flat = np.ravel_multi_index(tuple(np.atleast_1d(index)), theta.shape)
-        per_pass = max(2, int(STACK_BYTES // max(1, theta.nbytes)) // 2 * 2)
-        found = [float(f) for start in range(0, len(values), per_pass)
-                 for f in losses(_stack(work, name, np.full(len(values[start:start + per_pass]),
-                                                             flat),
-                                        values[start:start + per_pass], cell))]
+        # probes a pass: their copies of the parameter within STACK_BYTES, at least a pair
+        per_pass = max(2, int(STACK_BYTES // max(1, theta.nbytes)))
+        found = []
+        for start in range(0, len(values), per_pass):
+            chunk = values[start:start + per_pass]
+            found += [float(f) for f in losses(_stack(work, name, np.full(len(chunk), flat),
+                                                      chunk, cell))]
     # (L(theta + h) - L(theta - h)) / 2h
     errors = [abs((found[2 * k] - found[2 * k + 1]) / (2.0 * h) - float(reference))
               for k, h in enumerate(steps)]

@@ -298,11 +298,13 @@ def test_the_gru_step_hands_its_arithmetic_to_the_kernels(monkeypatch):
 
 
 @pytest.mark.parametrize("value, on", [("0", False), ("1", True)])
-def test_the_environment_turns_them_off(value, on):
+def test_the_environment_turns_them_off(value, on, tmp_path):
     code = "from cells import gate_kernels as g; print(g.KERNELS is not None, g.status())"
-    env = dict(os.environ, GRADCHECK_KERNELS=value)
+    # the cells package this process imported (installed, or the source tree on the path)
+    where = str(Path(gate_kernels.__file__).resolve().parents[1])
+    env = dict(os.environ, GRADCHECK_KERNELS=value, PYTHONPATH=where)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True, cwd=Path(__file__).resolve().parents[1])
+                          check=True, cwd=tmp_path)
     running, status = done.stdout.strip().split(" ", 1)
     assert running == str(on and gate_kernels.BUILT)
     if not on and gate_kernels.BUILT:
