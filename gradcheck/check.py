@@ -23,7 +23,7 @@ import numpy as np
 from gradcheck.batch import validate_mask
 from gradcheck.compare import Comparison, _json_float, compare_gradients
 from gradcheck.directional import directional_check
-from gradcheck.finite_differences import (ComplexStepError, central_differences,
+from gradcheck.finite_differences import (ComplexStepError, batched_central_differences,
                                           complex_step_disagreement, complex_step_refusal,
                                           numeric_gradient, step_size_curve,
                                           vectorised_losses)
@@ -846,8 +846,11 @@ def diagnose_truncation(cell, params, batch, truncation, analytic, tolerances,
     candidates = ([Truncation(kind, k - 1)] if k > 1 else []) + [
         Truncation(kind, k + 1), Truncation(other, k), FULL]
     for alt in candidates:
-        numeric = central_differences(surrogate_loss(cell, params, batch, alt), params,
-                                      elements=elements)
+        # vectorised where the surrogate has its own losses (the same numbers as one at a time)
+        surrogate = surrogate_loss(cell, params, batch, alt)
+        numeric = batched_central_differences(cell, params, batch, loss=surrogate,
+                                              losses=getattr(surrogate, "losses", None),
+                                              elements=elements)
         if all((agree(analytic[name], numeric[name].value, tolerances[name])
                 | ~_chosen(elements, name, numeric[name].value.shape)).all()
                for name in analytic):
