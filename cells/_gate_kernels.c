@@ -1,12 +1,16 @@
 /*
- * Fused gate arithmetic of the reference cells' forward step (float64).
+ * Fused gate arithmetic of the reference cells' steps (float64): the gates
+ * (logistic or hard sigmoid), the GRU's and the LSTM's forward step after its
+ * products, and a large GRU layer's backward step before its product.
  *
  * Each kernel does, element by element and in the same order, the NumPy
- * operations that its Python twin in cells/gru.py does with one ufunc call
- * per operation, so the results are the same to the last bit:
+ * operations that its Python twin in cells/gru.py, cells/lstm.py or
+ * cells/stacked.py does with one ufunc call per operation, so the results are
+ * the same to the last bit:
  *
  *   - add, subtract, multiply and divide are IEEE operations, each rounded on
- *     its own (built with -ffp-contract=off: no fused multiply-add);
+ *     its own (built with -ffp-contract=off -fno-fast-math: no fused
+ *     multiply-add, no reassociation);
  *   - exp and tanh are not reimplemented: they are NumPy's own float64 inner
  *     loops, taken from the np.exp and np.tanh ufuncs when the module loads.
  *
@@ -183,6 +187,42 @@ static PyObject *sigmoid_of_sum(PyObject *self, PyObject *args)
             double *restrict ar = ROW(a, p, b);
             for (npy_intp j = 0; j < W; j++)
                 ar[j] = 1.0 / (ar[j] + 1.0);                    /* 1 / (1 + exp(-(a + x))) */
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
+/* ------------------------------------------------------------- hard sigmoid
+ * hard_sigmoid_of_sum(a, x, g):  a <- a + x;  g <- clip(0.2 a + 0.5, 0, 1)
+ * (a is kept: the hard sigmoid's slope needs the pre-activation)
+ * NumPy twin: add_into(a, x); then hard_sigmoid(a, out=g): multiply by 0.2, add 0.5,
+ * clip (a NaN stays NaN, as np.clip keeps it).
+ */
+static PyObject *hard_sigmoid_of_sum(PyObject *self, PyObject *args)
+{
+    PyObject *a_obj, *x_obj, *g_obj;
+    if (!PyArg_ParseTuple(args, "OOO:hard_sigmoid_of_sum", &a_obj, &x_obj, &g_obj))
+        return NULL;
+    npy_intp P, B, W;
+    if (!output_shape(a_obj, &P, &B, &W))
+        Py_RETURN_FALSE;
+    view a, x, g;
+    if (!as_view(a_obj, P, B, W, 1, &a) || !as_view(g_obj, P, B, W, 1, &g)
+            || !as_view(x_obj, P, B, W, 0, &x))
+        Py_RETURN_FALSE;
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp p = 0; p < P; p++) {
+        for (npy_intp b = 0; b < B; b++) {
+            double *restrict ar = ROW(a, p, b), *restrict gr = ROW(g, p, b);
+            const double *restrict xr = ROW(x, p, b);
+            for (npy_intp j = 0; j < W; j++) {
+                double s = ar[j] + xr[j];                       /* a = x W + b + h U */
+                ar[j] = s;
+                double t = s * 0.2;
+                t = t + 0.5;                                    /* 0.2 a + 0.5 */
+                gr[j] = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);    /* clip to [0, 1] */
+            }
         }
     }
     Py_END_ALLOW_THREADS
@@ -428,6 +468,9 @@ static PyMethodDef methods[] = {
     {"sigmoid_of_sum", sigmoid_of_sum, METH_VARARGS,
      "sigmoid_of_sum(a, x) -> bool: a <- sigma(a + x) in place; False (nothing written) "
      "when the arrays do not fit the kernel."},
+    {"hard_sigmoid_of_sum", hard_sigmoid_of_sum, METH_VARARGS,
+     "hard_sigmoid_of_sum(a, x, g) -> bool: a <- a + x, g <- clip(0.2 a + 0.5, 0, 1); False "
+     "(nothing written) when the arrays do not fit the kernel."},
     {"gru_candidate", gru_candidate, METH_VARARGS,
      "gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old) -> bool: the GRU "
      "step after its gates (see cells/_gate_kernels.c); False (nothing written) when "

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cells import gate_kernels, workspace
-from cells.activations import GATES, sigmoid_grad, sigmoid_in_loop, tanh_grad_from_output
+from cells.activations import GATES, sigmoid_grad, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
@@ -137,12 +137,8 @@ class GRU(StackedCell):
         # a_{r|z} = x W_{r|z} + b_{r|z} + h U_{r|z}: one product for both gates
         a_rz = np.matmul(h, U_rz, out=a_out if keep_a else rz_out)
         # the compiled twin of the arithmetic below, where it runs (the same bits)
-        kernels = gate_kernels.KERNELS if self.gate is sigmoid_in_loop else None
-        if kernels is not None and kernels.sigmoid_of_sum(a_rz, xp_rz):
-            rz = a_rz                                           # sigma(a_rz + xp_rz)
-        else:
-            a_rz = add_into(a_rz, xp_rz)                        # (B, 2H)
-            rz = self.gate(a_rz, out=rz_out if keep_a else a_rz)
+        kernels = gate_kernels.KERNELS
+        a_rz, rz = self._gate_values(kernels, a_rz, xp_rz, rz_out, keep_a)   # g(x W + b + h U)
         r, z = rz[..., :H], rz[..., H:]
         if self.config.reset == "before":
             q = None

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cells import gate_kernels, workspace
-from cells.activations import GATES, sigmoid_in_loop, tanh_grad_from_output
+from cells.activations import GATES, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, validate_config
 from gradcheck.batch import Batch
 
@@ -120,12 +120,8 @@ class LSTM(StackedCell):
         # a = x W + b + h U: the gates i | f | o, then the candidate's block c
         a_ifo = np.matmul(h, U_ifo, out=a_out if keep_a else ifo_out)
         # the compiled twin of the arithmetic below, where it runs (the same bits)
-        kernels = gate_kernels.KERNELS if self.gate is sigmoid_in_loop else None
-        if kernels is not None and kernels.sigmoid_of_sum(a_ifo, xp_ifo):
-            ifo = a_ifo                                         # sigma(a_ifo + xp_ifo)
-        else:
-            a_ifo = add_into(a_ifo, xp_ifo)                     # (B, 3H)
-            ifo = self.gate(a_ifo, out=ifo_out if keep_a else a_ifo)   # i, f, o = g(a_i), g(a_f), g(a_o)
+        kernels = gate_kernels.KERNELS
+        a_ifo, ifo = self._gate_values(kernels, a_ifo, xp_ifo, ifo_out, keep_a)   # g(x W + b + h U)
         i, f, o = ifo[..., :H], ifo[..., H:2 * H], ifo[..., 2 * H:]
         u = np.matmul(h, U_c, out=u_out)                        # h U_c (B, H)
         mt = None if m_t is None else m_t[:, None]              # (B, 1)

@@ -44,7 +44,8 @@ import itertools
 import numpy as np
 
 from cells import workspace
-from cells.activations import GATES, LOOP_GATES, log_normaliser, log_softmax
+from cells.activations import (GATES, LOOP_GATES, hard_sigmoid, log_normaliser, log_softmax,
+                               sigmoid_in_loop)
 from gradcheck.batch import Batch, validate_mask
 from gradcheck.params import ParamSpec, validate_params
 from gradcheck.perturbed_rows import PerturbedRows
@@ -452,6 +453,24 @@ class StackedCell:
     def _recurrent_blocks(self, l, params):
         """The views of layer l's recurrent parameters that its step multiplies by."""
         raise NotImplementedError
+
+    def _gate_values(self, kernels, a, xp, out, keep_a):
+        """``(a, g(a))`` of a step's gates, with ``a`` = h U (..., B, width) on entry and
+        x W + b, ``xp``, added to it in place.
+
+        The gates are written into ``a`` itself for sigmoid gates; for hard ones, whose
+        slope needs ``a``, into ``out`` (or a new array).  ``kernels``: the compiled gate
+        kernels (``cells.gate_kernels``), or None for NumPy; the numbers are the same.
+        """
+        if kernels is not None and self.gate is sigmoid_in_loop and not keep_a:
+            if kernels.sigmoid_of_sum(a, xp):                   # sigma(a + xp)
+                return a, a
+        elif kernels is not None and self.gate is hard_sigmoid and keep_a:
+            g = np.empty_like(a) if out is None else out
+            if kernels.hard_sigmoid_of_sum(a, xp, g):           # clip(0.2 (a + xp) + 0.5, 0, 1)
+                return a, g
+        a = add_into(a, xp)
+        return a, self.gate(a, out=out if keep_a else a)
 
     @staticmethod
     def _previous_state(states, t):

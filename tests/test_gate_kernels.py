@@ -64,17 +64,19 @@ def assert_same_bits(a, b, what):
 
 @needs_kernels
 @settings(max_examples=80, deadline=None)
-@given(kind=st.sampled_from(["gru", "lstm"]), probes=st.integers(0, 7), batch=st.integers(1, 9),
+@given(kind=st.sampled_from(["gru", "lstm"]), gate=st.sampled_from(["sigmoid", "hard"]),
+       probes=st.integers(0, 7), batch=st.integers(1, 9),
        hidden=st.integers(1, 40), reset=st.sampled_from(["before", "after"]),
        update=st.sampled_from(["old", "new"]), probed=st.sampled_from(["U", "W", "bn", "h"]),
        masked=st.booleans(), in_place=st.booleans(), scale=st.sampled_from([0.5, 3.0, 40.0]),
        seed=st.integers(0, 2 ** 32 - 1))
-def test_a_step_is_the_numpy_step_to_the_bit(kind, probes, batch, hidden, reset, update, probed,
-                                             masked, in_place, scale, seed):
+def test_a_step_is_the_numpy_step_to_the_bit(kind, gate, probes, batch, hidden, reset, update,
+                                             probed, masked, in_place, scale, seed):
     if kind == "gru":
-        cell = GRU(GRUConfig(input_size=3, hidden_size=hidden, reset=reset, update=update))
+        cell = GRU(GRUConfig(input_size=3, hidden_size=hidden, reset=reset, update=update,
+                             gate=gate))
     else:
-        cell = LSTM(LSTMConfig(input_size=3, hidden_size=hidden))
+        cell = LSTM(LSTMConfig(input_size=3, hidden_size=hidden, gate=gate))
     rng = np.random.default_rng(seed)
     params = {k: v * scale for k, v in cell.init_params(rng).items()}
     H, B, P = hidden, batch, probes
@@ -110,6 +112,7 @@ def test_a_step_is_the_numpy_step_to_the_bit(kind, probes, batch, hidden, reset,
 @pytest.mark.parametrize("config", [
     dict(),
     dict(reset="after"),
+    dict(gate="hard", reset="after"),
     dict(reset="after", update="new", readout="mean"),
     dict(layers=2, embedding=True),
     dict(reset="after", layers=2, truncate=3),
@@ -268,18 +271,24 @@ def test_the_gru_step_hands_its_arithmetic_to_the_kernels(monkeypatch):
     monkeypatch.setattr(gate_kernels, "KERNELS_BUILT", gate_kernels.KERNELS, raising=False)
     monkeypatch.setattr(gate_kernels, "KERNELS", Counted())
     rng = np.random.default_rng(0)
-    for cell, used in [(GRU(GRUConfig()), "gru_candidate"),
-                       (GRU(GRUConfig(reset="after")), "gru_candidate"),
-                       (LSTM(LSTMConfig()), "lstm_candidate"),
-                       (GRU(GRUConfig(gate="hard")), None), (LSTM(LSTMConfig(gate="hard")), None)]:
+    for cell, gates, candidate in [
+            (GRU(GRUConfig()), "sigmoid_of_sum", "gru_candidate"),
+            (GRU(GRUConfig(reset="after")), "sigmoid_of_sum", "gru_candidate"),
+            (LSTM(LSTMConfig()), "sigmoid_of_sum", "lstm_candidate"),
+            (GRU(GRUConfig(gate="hard")), "hard_sigmoid_of_sum", "gru_candidate"),
+            (LSTM(LSTMConfig(gate="hard")), "hard_sigmoid_of_sum", "lstm_candidate")]:
         params = cell.init_params(rng)
         batch = cell.sample_batch(rng, 4, 3)
         calls.clear()
         cell.loss(params, batch)
-        if used:
-            assert calls == [("sigmoid_of_sum", True), (used, True)] * 4, cell.config
-        else:
-            assert calls == [], cell.config
+        assert calls == [(gates, True), (candidate, True)] * 4, cell.config
+    # a gate function of a subclass's own: its gates in NumPy, the candidate compiled
+    for gate in ("sigmoid", "hard"):
+        cell = GRU(GRUConfig(gate=gate))
+        cell.gate = lambda a, out=None: np.tanh(a, out=out)
+        calls.clear()
+        cell.loss(cell.init_params(rng), cell.sample_batch(rng, 4, 3))
+        assert calls == [("gru_candidate", True)] * 4, gate
     # the backward step, where the layer runs it rule by rule
     rule_by_rule(monkeypatch)
     cell = GRU(GRUConfig(reset="after"))
