@@ -18,7 +18,6 @@ does nothing and returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["keep_freed_memory"]
@@ -37,9 +36,10 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 512 
     """
     if not sys.platform.startswith("linux"):
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
+        # the process's own symbols, the C library's among them (no library search:
+        # ctypes.util.find_library and its import cost ~10 ms of a command's start)
+        libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
     except (OSError, AttributeError, TypeError):
         return False
