@@ -143,6 +143,17 @@ static int rows_packed(const view *v, npy_intp B, npy_intp width)
     return B == 1 || v->b_stride == width * (npy_intp)sizeof(double);
 }
 
+/* a masked step's row: o <- o m + (1 - m) s, the new state where the sequence is on,
+   the old one s where it is off (NumPy twin: o *= m; o += (1 - m) * s) */
+static void mask_blend(double *restrict o, const double *restrict s, double m, npy_intp n)
+{
+    double keep = 1.0 - m;
+    for (npy_intp j = 0; j < n; j++) {
+        double t = o[j] * m;
+        o[j] = t + keep * s[j];
+    }
+}
+
 /* one probe's block: a <- f(a + x), or f(-(a + x)) with negate; f a ufunc's loop,
    run once over the B rows where they lie end to end, else row by row */
 static void apply_to_sum(const view *a, const view *x, npy_intp p, npy_intp B, npy_intp W,
@@ -294,14 +305,8 @@ static PyObject *gru_candidate(PyObject *self, PyObject *args)
                     o[j] = t + hr[j];
                 }
             }
-            if (masked) {
-                double mb = *(const double *)(m_data + b * m_stride);
-                double keep = 1.0 - mb;
-                for (npy_intp j = 0; j < H; j++) {
-                    double t = o[j] * mb;                       /* h_t = h' m + (1 - m) h */
-                    o[j] = t + keep * hr[j];
-                }
-            }
+            if (masked)                                         /* h_t = h' m + (1 - m) h */
+                mask_blend(o, hr, *(const double *)(m_data + b * m_stride), H);
         }
     }
     Py_END_ALLOW_THREADS
@@ -449,15 +454,8 @@ static PyObject *lstm_candidate(PyObject *self, PyObject *args)
             double *restrict hn = ROW(so, p, b);
             for (npy_intp j = 0; j < H; j++)
                 hn[j] = o[j] * t[j];                            /* h' = o tanh(c') */
-            if (m_data != NULL) {
-                double mb = *(const double *)(m_data + b * m_stride);
-                double keep = 1.0 - mb;
-                const double *restrict sr = ROW(s, p, b);
-                for (npy_intp j = 0; j < 2 * H; j++) {
-                    double v = hn[j] * mb;                      /* s_t = s' m + (1 - m) s */
-                    hn[j] = v + keep * sr[j];
-                }
-            }
+            if (m_data != NULL)                                 /* s_t = s' m + (1 - m) s */
+                mask_blend(hn, ROW(s, p, b), *(const double *)(m_data + b * m_stride), 2 * H);
         }
     }
     Py_END_ALLOW_THREADS

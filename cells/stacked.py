@@ -293,13 +293,13 @@ class StackedCell:
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
             logits = self._step_logits(V, cb, top)              # (..., T, B, K)
-            shift, log_total = log_normaliser(logits)
             if logits.ndim == 3:                                # one loss, and its cache
-                logp = (logits - shift[..., None]) - log_total[..., None]  # log softmax (T, B, K)
+                logp = log_softmax(logits)                      # (T, B, K)
                 nll = -logp[np.arange(T)[:, None], np.arange(B), batch.y]  # -log p_tb(y_tb)
                 loss = (m.reshape(T * B) * nll.reshape(T * B)).sum() / B
                 return _loss_value(loss), dict(logp=logp)
             # probes: nll_tb = log_total - (l_tb,y_tb - shift), -logp's numbers to the bit
+            shift, log_total = log_normaliser(logits)
             y = np.broadcast_to(batch.y, logits.shape[:-1]).reshape(-1)
             picked = logits.reshape(-1, logits.shape[-1])[np.arange(y.size), y]
             nll = log_total - (picked.reshape(shift.shape) - shift)

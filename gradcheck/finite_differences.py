@@ -319,18 +319,26 @@ def _has_losses(cell) -> bool:
             and getattr(getattr(cell, "truncation", None), "kind", "full") == "full")
 
 
+def _losses_for(cell, batch, losses=None):
+    """The vectorised loss to try: ``losses`` when given (a truncation surrogate's), else
+    ``cell.losses`` on ``batch`` where ``_has_losses`` says it stands in, else None."""
+    if losses is not None:
+        return losses
+    if not _has_losses(cell):
+        return None
+    return lambda stack: cell.losses(stack, batch)
+
+
 def vectorised_losses(cell, params, batch, loss):
     """The vectorised ``loss`` where it may stand in for ``loss`` here, else None.
 
-    ``loss``'s own ``losses`` (a truncation surrogate's), or ``cell.losses`` where
-    ``_has_losses`` says so; either only when ``_batched_ready`` finds it gives
-    ``loss``'s number to the bit (``batched_central_differences``'s rule).
+    ``loss``'s own ``losses`` or the cell's (``_losses_for``), only when
+    ``_batched_ready`` finds it gives ``loss``'s number to the bit
+    (``batched_central_differences``'s rule).
     """
-    losses = getattr(loss, "losses", None)
+    losses = _losses_for(cell, batch, getattr(loss, "losses", None))
     if losses is None:
-        if not _has_losses(cell):
-            return None
-        losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
+        return None
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     return losses if _batched_ready(cell, work, losses, float(loss(work))) else None
 
@@ -383,9 +391,8 @@ def batched_central_differences(cell, params, batch, names=None, *, scale: float
     """
     loss = loss if loss is not None else (lambda p: cell.loss(p, batch))
     # a surrogate's own losses, or the cell's when ``_has_losses`` says they stand in
-    vectorised = losses is not None or _has_losses(cell)
-    if losses is None:
-        losses = lambda stack: cell.losses(stack, batch)        # noqa: E731
+    losses = _losses_for(cell, batch, losses)
+    vectorised = losses is not None
     work = {k: np.array(v, dtype=np.float64, order="C", copy=True) for k, v in params.items()}
     workers = probe_workers(workers) if vectorised else 1
     processes = forks_for(cell, processes)
