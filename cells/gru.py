@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cells import gate_kernels, workspace
-from cells.activations import GATES, sigmoid_grad, tanh_grad_from_output
+from cells.activations import GATES, sigmoid_grad, sigmoid_in_loop, tanh_grad_from_output
 from cells.stacked import READOUTS, StackedCell, add_into, multiply_into, validate_config
 from gradcheck.batch import Batch
 from gradcheck.params import ParamSpec
@@ -167,6 +167,39 @@ class GRU(StackedCell):
             return h_new, (a_kept, rz, n, q, None)
         h_t = add_into(multiply_into(h_new, mt), (1.0 - mt) * h)   # m h' + (1 - m) h
         return h_t, (a_kept, rz, n, q, mt)
+
+    def _probe_steps(self, l, params, views, gates, candidate, out, on, mask, first,
+                     blocks) -> bool:
+        """``_layer_step``'s kernel path over steps ``first`` .. T - 1, without its Python
+        around the four calls of each step (a vectorised pass runs ~6,000 steps a check):
+        the same calls on the same arrays, so the same numbers.
+
+        Only for the reference step (a subclass that overrides the step, its blocks or its
+        gates, or a cell given a gate function of its own, is stepped by its own
+        ``_layer_step``), sigmoid gates and reset "after", with the kernels built.  A step whose arrays a kernel refuses runs
+        ``_layer_step`` itself.
+        """
+        kernels = gate_kernels.KERNELS
+        if (kernels is None or self.gate is not sigmoid_in_loop or self.config.reset != "after"
+                or not self._reference_kept(("_layer_step", "_recurrent_blocks", "_gate_values"))):
+            return False
+        U_rz, U_h, bn = blocks
+        _, rz, n, q = out
+        old = self.config.update == "old"
+        sigmoid_of_sum, gru_candidate, matmul = kernels.sigmoid_of_sum, kernels.gru_candidate, np.matmul
+        for t in range(first, len(on)):
+            h, h_t = views[t], views[t + 1]
+            m_t = None if on[t] else mask[t]
+            matmul(h, U_rz, out=rz)                             # h U_{r|z}
+            if sigmoid_of_sum(rz, gates[t]):                    # [r | z] = sigma(x W + b + h U)
+                matmul(h, U_h, out=q)                           # h U_h
+                if gru_candidate(rz, q, bn, candidate[t], h, m_t, n, h_t, old):
+                    continue
+            step_out = list(out) + [h_t]
+            state, cache = self._layer_step(l, params, h, (gates[t], candidate[t]), m_t,
+                                            out=step_out, blocks=blocks)
+            self._written(step_out, cache[:len(out)] + (state,))
+        return True
 
     def _recurrent_blocks(self, l, params):
         """``(U_{r|z}, U_h, bn)`` of layer l: the views of U its step multiplies by (bn None

@@ -401,7 +401,8 @@ class StackedCell:
         on = self._steps_all_on(mask)
         blocks = self._recurrent_blocks(l, params)
         # each step's views, made before the loop: inputs, states, and what it writes
-        xs = zip(_move_steps(xp_gates, -3, 0), _move_steps(xp_cand, -3, 0))
+        gates, candidate = _move_steps(xp_gates, -3, 0), _move_steps(xp_cand, -3, 0)
+        xs = zip(gates, candidate)
         views = list(states)
         steps = []
         first = 0
@@ -415,6 +416,9 @@ class StackedCell:
                                             (xp_gates[0], xp_cand[0]), None if on[0] else mask[0])
                 views[1][...] = state
                 first = 1
+            if not keep_steps and self._probe_steps(l, params, views, gates, candidate,
+                                                    [k[0] for k in kept], on, mask, first, blocks):
+                xs = ()                                         # every step taken
             for t, xp_t, *out in itertools.islice(zip(range(T), xs, *kept, views[1:]), first, None):
                 m_t = None if on[t] else mask[t]                # None: no blend with the state
                 state, step_cache = self._layer_step(l, params, views[t], xp_t, m_t, out=out,
@@ -424,6 +428,15 @@ class StackedCell:
                     steps.append(step_cache)
         return (_move_steps(states[1:, ..., :H], 0, -3),
                 dict(x=x, states=states, steps=steps, mask=mask, **bufs))
+
+    def _probe_steps(self, l, params, views, gates, candidate, out, on, mask, first,
+                     blocks) -> bool:
+        """Steps ``first`` .. T - 1 of layer l in a pass that keeps no step (``losses``):
+        h_t into ``views[t + 1]``, each step's arrays into ``out`` (the buffers of
+        ``_step_arrays``, shared by the steps); ``gates`` and ``candidate`` are x_t W + b
+        step by step, (T, ..., B, width).  False, having done nothing, where the subclass
+        has no such loop: ``_layer_step`` is then called step by step."""
+        return False
 
     def _first_step_shared(self, l, params, xp_gates, xp_cand, own) -> bool:
         """Whether step 0 of layer l is the same in every probe: U{l} alone has a probe

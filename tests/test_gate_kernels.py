@@ -319,3 +319,72 @@ def test_the_environment_turns_them_off(value, on, tmp_path):
     assert running == str(on and gate_kernels.BUILT)
     if not on and gate_kernels.BUILT:
         assert status == "compiled gate kernels: off, by GRADCHECK_KERNELS=0"
+
+
+# ---------------------------------------------------------------- the probe passes' loop
+def _probe_losses_and_scalar_losses(cell, name, rng, P=4, mask="random", before=None):
+    """A pass's losses of P probes moving ``name``, and loss() of each probe (computed
+    first; then ``before()``, when given, then the pass)."""
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3, make_mask(mask, rng, 5, 3))
+    stack = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in params.items()}
+    stack[name] = params[name] + rng.normal(scale=1e-3, size=(P,) + params[name].shape)
+    scalar = np.array([cell.loss({**params, name: stack[name][p]}, batch) for p in range(P)])
+    if before is not None:
+        before()
+    return cell.losses(stack, batch), scalar
+
+
+@needs_kernels
+@pytest.mark.parametrize("name, step_calls", [("W0", 0), ("U0", 1), ("bn0", 0)])
+def test_a_pass_steps_the_reference_gru_without_its_layer_step(monkeypatch, name, step_calls):
+    # the loop of a vectorised pass makes the kernel path's calls itself; only step 0 of
+    # a pass moving U alone, computed once for every probe, goes through _layer_step
+    calls = []
+    original = GRU._layer_step
+    monkeypatch.setattr(GRU, "_layer_step", lambda self, *a, **k: calls.append(1)
+                        or original(self, *a, **k))
+    cell = GRU(GRUConfig(input_size=4, hidden_size=5, reset="after"))
+    losses, scalar = _probe_losses_and_scalar_losses(cell, name, np.random.default_rng(1),
+                                                     before=calls.clear)
+    assert len(calls) == step_calls
+    assert_same_bits(losses, scalar, "losses")
+
+
+@needs_kernels
+@pytest.mark.parametrize("update", ["old", "new"])
+@pytest.mark.parametrize("mask", ["none", "random", "lengths"])
+def test_a_pass_loop_gives_loss_to_the_bit(update, mask):
+    cell = GRU(GRUConfig(input_size=4, hidden_size=6, reset="after", update=update, layers=2))
+    rng = np.random.default_rng(4)
+    for name in ("W0", "U0", "U1", "bn1"):
+        losses, scalar = _probe_losses_and_scalar_losses(cell, name, rng, mask=mask)
+        assert_same_bits(losses, scalar, f"losses moving {name}")
+
+
+@needs_kernels
+def test_a_pass_keeps_a_cells_own_gates_and_step():
+    # a gate function of the cell's own, or a subclass's own gates or step, is not the
+    # kernels' sigmoid: the pass must compute what loss() does
+    rng = np.random.default_rng(5)
+    own_gate = GRU(GRUConfig(input_size=4, hidden_size=5, reset="after"))
+    own_gate.gate = lambda a, out=None: np.tanh(a, out=out)
+
+    class OwnGates(GRU):
+        def _gate_values(self, kernels, a, xp, out, keep_a):
+            a = a + xp
+            return a, np.tanh(a)
+
+    class OwnStep(GRU):
+        def _layer_step(self, l, params, h, xp_t, m_t, out=None, blocks=None):
+            state, cache = super()._layer_step(l, params, h, xp_t, m_t, out, blocks)
+            return 0.5 * state, cache
+
+    for cell in (own_gate, OwnGates(own_gate.config), OwnStep(own_gate.config)):
+        right = GRU(own_gate.config)
+        for name in ("W0", "U0"):
+            losses, scalar = _probe_losses_and_scalar_losses(cell, name, rng)
+            assert_same_bits(losses, scalar, f"{type(cell).__name__} moving {name}")
+            reference, _ = _probe_losses_and_scalar_losses(right, name,
+                                                           np.random.default_rng(0))
+            assert not np.allclose(losses, reference)       # the cell's own function
