@@ -1,7 +1,8 @@
 /*
  * Fused gate arithmetic of the reference cells' steps (float64): the gates
  * (logistic or hard sigmoid), the GRU's and the LSTM's forward step after its
- * products, and a large GRU layer's backward step before its product.
+ * products, a large GRU layer's backward step before its product, and the lm
+ * readout's per-row losses of a vectorised pass.
  *
  * Each kernel does, element by element and in the same order, the NumPy
  * operations that its Python twin in cells/gru.py, cells/lstm.py or
@@ -11,8 +12,8 @@
  *   - add, subtract, multiply and divide are IEEE operations, each rounded on
  *     its own (built with -ffp-contract=off -fno-fast-math: no fused
  *     multiply-add, no reassociation);
- *   - exp and tanh are not reimplemented: they are NumPy's own float64 inner
- *     loops, taken from the np.exp and np.tanh ufuncs when the module loads.
+ *   - exp, tanh and log are not reimplemented: they are NumPy's own float64 inner
+ *     loops, taken from the np.exp, np.tanh and np.log ufuncs when the module loads.
  *
  * What is gained is the passes: NumPy's twin runs ten or so ufunc calls a step,
  * each a pass over the (P, B, width) arrays with its own call overhead; here
@@ -29,9 +30,9 @@
 #include <numpy/arrayobject.h>
 #include <numpy/ufuncobject.h>
 
-/* NumPy's float64 loops of exp and tanh, as its ufuncs call them */
-static PyUFuncGenericFunction exp_loop, tanh_loop;
-static void *exp_data, *tanh_data;
+/* NumPy's float64 loops of exp, tanh and log, as its ufuncs call them */
+static PyUFuncGenericFunction exp_loop, tanh_loop, log_loop;
+static void *exp_data, *tanh_data, *log_data;
 
 static int find_double_loop(PyObject *numpy, const char *name, PyUFuncGenericFunction *loop,
                             void **data)
@@ -462,6 +463,102 @@ static PyObject *lstm_candidate(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* ------------------------------------------------------------------ the lm readout
+ * A vectorised pass's per-row losses, from the logits l = h V (P, R, K), R = T B rows:
+ *   a_rk = l_rk + c_k;  shift_r = max_k a_rk;
+ *   log_total_r = log sum_k exp(a_rk - shift_r), the classes added in order;
+ *   nll_r = log_total_r - (a_r,y_r - shift_r).
+ * NumPy twin (cells/stacked.py, StackedCell._readout for probes): logits[..., k] += c[k]
+ * class by class; activations.log_normaliser for K <= SHORT_AXIS classes (the max
+ * class by class, exp of each class's difference added in order, log); then
+ * nll = log_total - (picked - shift).  np.maximum returns NaN when either is NaN.
+ */
+#define READOUT_ROWS 256
+#define READOUT_CLASSES 8
+
+static inline double numpy_maximum(double a, double b)
+{
+    return (a >= b || a != a) ? a : b;
+}
+
+static PyObject *lm_nll(PyObject *self, PyObject *args)
+{
+    PyObject *l_obj, *c_obj, *y_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOO:lm_nll", &l_obj, &c_obj, &y_obj, &out_obj))
+        return NULL;
+    if (!PyArray_Check(l_obj) || !PyArray_Check(y_obj) || !PyArray_Check(out_obj)
+            || (c_obj != Py_None && !PyArray_Check(c_obj)))
+        Py_RETURN_FALSE;
+    PyArrayObject *l = (PyArrayObject *)l_obj, *y = (PyArrayObject *)y_obj,
+                  *out = (PyArrayObject *)out_obj;
+    if (PyArray_TYPE(l) != NPY_DOUBLE || PyArray_NDIM(l) != 3 || !PyArray_IS_C_CONTIGUOUS(l)
+            || !PyArray_ISNOTSWAPPED(l) || !PyArray_ISALIGNED(l))
+        Py_RETURN_FALSE;
+    npy_intp P = PyArray_DIM(l, 0), R = PyArray_DIM(l, 1), K = PyArray_DIM(l, 2);
+    if (K < 1 || K > READOUT_CLASSES)
+        Py_RETURN_FALSE;
+    if (PyArray_TYPE(out) != NPY_DOUBLE || PyArray_NDIM(out) != 2 || PyArray_DIM(out, 0) != P
+            || PyArray_DIM(out, 1) != R || !PyArray_IS_C_CONTIGUOUS(out)
+            || !PyArray_ISWRITEABLE(out) || !PyArray_ISNOTSWAPPED(out) || !PyArray_ISALIGNED(out))
+        Py_RETURN_FALSE;
+    if (PyArray_TYPE(y) != NPY_INTP || PyArray_NDIM(y) != 1 || PyArray_DIM(y, 0) != R
+            || !PyArray_ISNOTSWAPPED(y) || !PyArray_ISALIGNED(y))
+        Py_RETURN_FALSE;
+    const char *y_data = PyArray_BYTES(y);
+    npy_intp y_stride = PyArray_STRIDE(y, 0);
+    for (npy_intp r = 0; r < R; r++) {          /* a class out of range: NumPy raises */
+        npy_intp k = *(const npy_intp *)(y_data + r * y_stride);
+        if (k < 0 || k >= K)
+            Py_RETURN_FALSE;
+    }
+    double c[READOUT_CLASSES] = {0};
+    int add_c = c_obj != Py_None;
+    if (add_c) {
+        PyArrayObject *ca = (PyArrayObject *)c_obj;
+        if (PyArray_TYPE(ca) != NPY_DOUBLE || PyArray_NDIM(ca) != 1 || PyArray_DIM(ca, 0) != K
+                || !PyArray_ISNOTSWAPPED(ca) || !PyArray_ISALIGNED(ca))
+            Py_RETURN_FALSE;
+        for (npy_intp k = 0; k < K; k++)
+            c[k] = *(const double *)(PyArray_BYTES(ca) + k * PyArray_STRIDE(ca, 0));
+    }
+    const double *ld = (const double *)PyArray_DATA(l);
+    double *od = (double *)PyArray_DATA(out);
+    Py_BEGIN_ALLOW_THREADS
+    double a[READOUT_ROWS * READOUT_CLASSES], shift[READOUT_ROWS], total[READOUT_ROWS],
+           e[READOUT_ROWS];
+    for (npy_intp p = 0; p < P; p++) {
+        for (npy_intp r0 = 0; r0 < R; r0 += READOUT_ROWS) {
+            npy_intp n = R - r0 < READOUT_ROWS ? R - r0 : READOUT_ROWS;
+            const double *lp = ld + (p * R + r0) * K;
+            for (npy_intp i = 0; i < n; i++) {
+                for (npy_intp k = 0; k < K; k++)     /* a = l + c */
+                    a[i * K + k] = add_c ? lp[i * K + k] + c[k] : lp[i * K + k];
+                double s = a[i * K];                  /* the max, class by class */
+                for (npy_intp k = 1; k < K; k++)
+                    s = numpy_maximum(s, a[i * K + k]);
+                shift[i] = s;
+                total[i] = a[i * K] - s;
+            }
+            unary_loop(exp_loop, exp_data, total, total, n);   /* exp(a_0 - shift) */
+            for (npy_intp k = 1; k < K; k++) {
+                for (npy_intp i = 0; i < n; i++)
+                    e[i] = a[i * K + k] - shift[i];
+                unary_loop(exp_loop, exp_data, e, e, n);
+                for (npy_intp i = 0; i < n; i++)
+                    total[i] = total[i] + e[i];           /* + exp(a_k - shift), in order */
+            }
+            unary_loop(log_loop, log_data, total, total, n);   /* log_total */
+            double *o = od + p * R + r0;
+            for (npy_intp i = 0; i < n; i++) {
+                npy_intp k = *(const npy_intp *)(y_data + (r0 + i) * y_stride);
+                o[i] = total[i] - (a[i * K + k] - shift[i]);    /* -log p(y) */
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"sigmoid_of_sum", sigmoid_of_sum, METH_VARARGS,
      "sigmoid_of_sum(a, x) -> bool: a <- sigma(a + x) in place; False (nothing written) "
@@ -481,6 +578,10 @@ static PyMethodDef methods[] = {
      "lstm_candidate(ifo, u, xp_c, s, mask, tc, s_out) -> bool: the LSTM step after its "
      "gates (see cells/_gate_kernels.c); False (nothing written) when the arrays do not "
      "fit the kernel."},
+    {"lm_nll", lm_nll, METH_VARARGS,
+     "lm_nll(logits, c, y, nll) -> bool: each probe's per-row -log p(y) of the lm readout "
+     "from logits (P, R, K) without c, c (K,) or None, y (R,) class ids, into nll (P, R) "
+     "(see cells/_gate_kernels.c); False (nothing written) when the arrays do not fit."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -498,7 +599,8 @@ PyMODINIT_FUNC PyInit__gate_kernels(void)
     if (numpy == NULL)
         return NULL;
     int bad = find_double_loop(numpy, "exp", &exp_loop, &exp_data)
-              || find_double_loop(numpy, "tanh", &tanh_loop, &tanh_data);
+              || find_double_loop(numpy, "tanh", &tanh_loop, &tanh_data)
+              || find_double_loop(numpy, "log", &log_loop, &log_data);
     Py_DECREF(numpy);
     if (bad)
         return NULL;

@@ -43,7 +43,7 @@ import itertools
 
 import numpy as np
 
-from cells import workspace
+from cells import gate_kernels, workspace
 from cells.activations import (GATES, LOOP_GATES, hard_sigmoid, log_normaliser, log_softmax,
                                sigmoid_in_loop)
 from gradcheck.batch import Batch, validate_mask
@@ -292,6 +292,11 @@ class StackedCell:
         T, B = m.shape
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
+            if (gate_kernels.KERNELS is not None and np.result_type(top, V, cb) == np.float64
+                    and max(np.ndim(top) - 3, np.ndim(V) - 2, np.ndim(cb) - 1) > 0):
+                nll = self._compiled_nll(V, cb, top, batch)    # probes: (..., T B) or None
+                if nll is not None:
+                    return (m.reshape(T * B) * nll).sum(axis=-1) / B, {}
             logits = self._step_logits(V, cb, top)              # (..., T, B, K)
             if logits.ndim == 3:                                # one loss, and its cache
                 logp = log_softmax(logits)                      # (T, B, K)
@@ -318,22 +323,43 @@ class StackedCell:
         return _loss_value(loss), dict(logp=logp, pooled=pooled, count=count)
 
     @staticmethod
-    def _step_logits(V, cb, top):
+    def _step_logits(V, cb, top, rows=False):
         """The logits l_tb = h_tb V + c of every step and sequence, (..., T, B, K).
 
         One product a probe, (T B, H) @ (H, K), as ``loss`` computes it: the same
         matrix shapes, so the same numbers to the last bit (one product over all
         probes' rows would round differently for some shapes).  ``+ c`` class by
-        class: a last axis of 2 broadcasts slowly.
+        class: a last axis of 2 broadcasts slowly.  ``rows``: return (..., T B, K)
+        and leave a c of shape (K,) out, for the caller to add class by class (the
+        compiled readout does), with the c still to add (else None).
         """
         T, B, H = top.shape[-3:]
         logits = np.matmul(top.reshape(top.shape[:-3] + (T * B, H)), V)    # (..., T B, K)
-        if np.ndim(cb) == 1 and np.result_type(logits, cb) == logits.dtype:
+        by_class = np.ndim(cb) == 1 and np.result_type(logits, cb) == logits.dtype
+        if rows and by_class:
+            return logits, cb
+        if by_class:
             for k in range(logits.shape[-1]):
                 logits[..., k] += cb[k]
         else:
             logits = logits + cb                                # a probe axis or a dtype of c's
+        if rows:
+            return logits, None
         return logits.reshape(logits.shape[:-2] + (T, B, logits.shape[-1]))
+
+    def _compiled_nll(self, V, cb, top, batch):
+        """The probes' -log p(y_tb) of the lm readout, (..., T B), by the compiled readout
+        (``lm_nll``: the numbers of the NumPy code of ``_readout``), or None where it does
+        not take these arrays."""
+        T, B = top.shape[-3:-1]
+        logits, c_left = self._step_logits(V, cb, top, rows=True)          # (..., T B, K)
+        lead = logits.shape[:-2]
+        nll = np.empty(lead + (T * B,))
+        if gate_kernels.KERNELS.lm_nll(logits.reshape((-1,) + logits.shape[-2:]), c_left,
+                                       np.asarray(batch.y).reshape(T * B),
+                                       nll.reshape(-1, T * B)):
+            return nll
+        return None
 
     def _readout_backward(self, params, top, batch: Batch, rc, grads) -> np.ndarray:
         """dL/dtop (T, B, H); sets the gradients of V and c."""

@@ -388,3 +388,123 @@ def test_a_pass_keeps_a_cells_own_gates_and_step():
             reference, _ = _probe_losses_and_scalar_losses(right, name,
                                                            np.random.default_rng(0))
             assert not np.allclose(losses, reference)       # the cell's own function
+
+
+# ---------------------------------------------------------------- the lm readout
+def readout_both_ways(cell, params, top, batch):
+    """``_readout``'s losses with the kernels and without."""
+    with_kernels = cell._readout(params, top, batch)[0]
+    with gate_kernels.disabled():
+        without = cell._readout(params, top, batch)[0]
+    return with_kernels, without
+
+
+@needs_kernels
+@settings(max_examples=80, deadline=None)
+@given(classes=st.integers(2, 9), probes=st.integers(1, 6), steps=st.integers(1, 7),
+       batch=st.integers(1, 300), hidden=st.integers(1, 9),
+       probed=st.sampled_from(["top", "V", "c", "top and c"]), masked=st.booleans(),
+       scale=st.sampled_from([0.1, 3.0, 300.0]), seed=st.integers(0, 2 ** 32 - 1))
+def test_the_probes_readout_is_the_numpy_one_to_the_bit(classes, probes, steps, batch, hidden,
+                                                        probed, masked, scale, seed):
+    # batches of up to 300 sequences: rows past the kernel's blocks of 256; 9 classes:
+    # past its 8 (refused, NumPy runs); logits of hundreds: the shift at work
+    cell = GRU(GRUConfig(input_size=2, hidden_size=hidden, classes=classes))
+    rng = np.random.default_rng(seed)
+    params = cell.init_params(rng)
+    mask = make_mask("random" if masked else "none", rng, steps, batch)
+    b = cell.sample_batch(rng, steps, batch, mask)
+    P = probes
+    stack = {"V": params["V"] * scale, "c": rng.normal(scale=scale, size=classes)}
+    if probed == "V":
+        stack["V"] = stack["V"] + rng.normal(scale=1e-3, size=(P,) + stack["V"].shape)
+    if "c" in probed:
+        stack["c"] = stack["c"] + rng.normal(scale=1e-3, size=(P, 1, classes))
+    top = rng.normal(size=((P,) if "top" in probed else ()) + (steps, batch, hidden))
+    got, want = readout_both_ways(cell, stack, top, b)
+    assert np.shape(got) == (P,)
+    assert_same_bits(got, want, "losses")
+
+
+@needs_kernels
+def test_the_probes_readout_hands_its_rows_to_the_kernel(monkeypatch):
+    calls = []
+    kernel = gate_kernels.KERNELS.lm_nll
+
+    class Counted:
+        def __getattr__(self, name):
+            return getattr(kernel.__self__, name)
+
+        def lm_nll(self, *args):
+            calls.append(kernel(*args))
+            return calls[-1]
+
+    monkeypatch.setattr(gate_kernels, "KERNELS", Counted())
+    cell = GRU(GRUConfig(input_size=3, hidden_size=4))
+    rng = np.random.default_rng(0)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 5, 3)
+    top = rng.normal(size=(4, 5, 3, 4))
+    cell._readout(params, top, batch)
+    assert calls == [True]
+    cell.loss(params, batch)                                # one loss: its cache, no kernel
+    cell._readout(params, top + 0j, batch)                  # the complex step: NumPy
+    assert calls == [True]
+    with_kernels = cell._readout(params, top.astype(np.float32), batch)[0]
+    assert calls == [True, True]                            # float64 logits all the same
+    with gate_kernels.disabled():
+        assert_same_bits(with_kernels, cell._readout(params, top.astype(np.float32), batch)[0],
+                         "float32 states' losses")
+
+
+@needs_kernels
+@pytest.mark.parametrize("bad", ["9 classes", "class out of range", "negative class",
+                                 "float32 logits", "strided logits", "int32 classes",
+                                 "nll of another shape", "c of another length", "2-D logits"])
+def test_the_readout_kernel_refuses_and_writes_nothing(bad):
+    K = gate_kernels.KERNELS
+    rng = np.random.default_rng(0)
+    P, R, C = 3, 10, 2
+    logits = rng.normal(size=(P, R, C))
+    c = rng.normal(size=C)
+    y = rng.integers(0, C, size=R)
+    nll = np.zeros((P, R))
+    if bad == "9 classes":
+        logits, c = rng.normal(size=(P, R, 9)), rng.normal(size=9)
+    elif bad == "class out of range":
+        y[3] = C
+    elif bad == "negative class":
+        y[0] = -1
+    elif bad == "float32 logits":
+        logits = logits.astype(np.float32)
+    elif bad == "strided logits":
+        logits = rng.normal(size=(P, 2 * R, C))[:, ::2]
+    elif bad == "int32 classes":
+        y = y.astype(np.int32)
+    elif bad == "nll of another shape":
+        nll = np.zeros((P, R + 1))
+    elif bad == "c of another length":
+        c = rng.normal(size=C + 1)
+    elif bad == "2-D logits":
+        logits = logits[0]
+    assert K.lm_nll(logits, c, y, nll) is False
+    assert not nll.any()
+    assert K.lm_nll(rng.normal(size=(P, R, C)), None, rng.integers(0, C, size=R),
+                    np.zeros((P, R))) is True
+
+
+@needs_kernels
+def test_the_readout_kernel_keeps_nan_and_inf():
+    # np.maximum's NaN (either side) and exp's overflow, as the NumPy readout has them
+    cell = GRU(GRUConfig(input_size=2, hidden_size=3, classes=3))
+    rng = np.random.default_rng(1)
+    params = cell.init_params(rng)
+    batch = cell.sample_batch(rng, 4, 2)
+    top = rng.normal(size=(5, 4, 2, 3))
+    top[0, 1, 0, 0] = np.nan
+    top[1, 2, 1, :] = np.inf
+    top[2, 0, 0, :] = 1e300
+    with np.errstate(all="ignore"):
+        got, want = readout_both_ways(cell, params, top, batch)
+    assert np.isnan(want[0]) and np.isnan(got[0])
+    assert_same_bits(got[1:], want[1:], "losses")
