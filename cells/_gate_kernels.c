@@ -155,16 +155,27 @@ static void mask_blend(double *restrict o, const double *restrict s, double m, n
     }
 }
 
-/* one probe's block: a <- f(a + x), or f(-(a + x)) with negate; f a ufunc's loop,
-   run once over the B rows where they lie end to end, else row by row */
-static void apply_to_sum(const view *a, const view *x, npy_intp p, npy_intp B, npy_intp W,
-                         int negate, PyUFuncGenericFunction f, void *data)
+/* one probe's block: a <- f(a + x), or f(-(a + x)) with negate; with a bias b,
+   a <- f(a + (x + b)) or f(-(a + (x + b))); f a ufunc's loop, run once over the B rows
+   where they lie end to end, else row by row */
+static void apply_to_sum(const view *a, const view *x, const view *bias, npy_intp p,
+                         npy_intp B, npy_intp W, int negate, PyUFuncGenericFunction f,
+                         void *data)
 {
     int packed = rows_packed(a, B, W);
     for (npy_intp b = 0; b < B; b++) {
         double *restrict ar = ROW(*a, p, b);
         const double *restrict xr = ROW(*x, p, b);
-        if (negate)
+        if (bias != NULL) {     /* x = x W without its bias: x W + b first, as _project adds it */
+            const double *restrict br = ROW(*bias, p, b);
+            if (negate)
+                for (npy_intp j = 0; j < W; j++)
+                    ar[j] = -(ar[j] + (xr[j] + br[j]));
+            else
+                for (npy_intp j = 0; j < W; j++)
+                    ar[j] = ar[j] + (xr[j] + br[j]);
+        }
+        else if (negate)
             for (npy_intp j = 0; j < W; j++)
                 ar[j] = -(ar[j] + xr[j]);
         else
@@ -180,21 +191,26 @@ static void apply_to_sum(const view *a, const view *x, npy_intp p, npy_intp B, n
 /* ------------------------------------------------------------------ sigmoid
  * a <- sigma(a + x) = 1 / (1 + exp(-(a + x)))
  * NumPy twin: add_into(a, x); then sigmoid_in_loop: negate, exp, add 1, reciprocal.
+ * With a bias b (optional third argument), x is x W without it, and a + (x + b) is
+ * taken for a + x: _project's add_into(x W, b), then the step's.
  */
 static PyObject *sigmoid_of_sum(PyObject *self, PyObject *args)
 {
-    PyObject *a_obj, *x_obj;
-    if (!PyArg_ParseTuple(args, "OO:sigmoid_of_sum", &a_obj, &x_obj))
+    PyObject *a_obj, *x_obj, *b_obj = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O:sigmoid_of_sum", &a_obj, &x_obj, &b_obj))
         return NULL;
     npy_intp P, B, W;
     if (!output_shape(a_obj, &P, &B, &W))
         Py_RETURN_FALSE;
-    view a, x;
-    if (!as_view(a_obj, P, B, W, 1, &a) || !as_view(x_obj, P, B, W, 0, &x))
+    view a, x, bias;
+    int biased = b_obj != Py_None;
+    if (!as_view(a_obj, P, B, W, 1, &a) || !as_view(x_obj, P, B, W, 0, &x)
+            || (biased && !as_view(b_obj, P, B, W, 0, &bias)))
         Py_RETURN_FALSE;
     Py_BEGIN_ALLOW_THREADS
     for (npy_intp p = 0; p < P; p++) {
-        apply_to_sum(&a, &x, p, B, W, 1, exp_loop, exp_data);  /* exp(-(a + x)) */
+        apply_to_sum(&a, &x, biased ? &bias : NULL, p, B, W, 1, exp_loop,
+                     exp_data);                                 /* exp(-(a + x)) */
         for (npy_intp b = 0; b < B; b++) {
             double *restrict ar = ROW(a, p, b);
             for (npy_intp j = 0; j < W; j++)
@@ -242,10 +258,11 @@ static PyObject *hard_sigmoid_of_sum(PyObject *self, PyObject *args)
 }
 
 /* ---------------------------------------------------------- GRU candidate
- * gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old)
+ * gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old[, b_h])
  *
  *   reset "after" (q given, holding h U_h):   q <- q + bn;  n <- r q + xp_h
  *   reset "before" (q None, n holding (r h) U_h):         n <- n + xp_h
+ *   (with b_h given, xp_h is x W_h without its bias, and xp_h + b_h is added)
  *   n <- tanh(n)
  *   update "old":  h' = (h - n) z + n        update "new":  h' = (n - h) z + h
  *   mask m (B,) given:  h_out = h' m + (1 - m) h;  else h_out = h'
@@ -256,19 +273,21 @@ static PyObject *hard_sigmoid_of_sum(PyObject *self, PyObject *args)
 static PyObject *gru_candidate(PyObject *self, PyObject *args)
 {
     PyObject *rz_obj, *q_obj, *bn_obj, *xh_obj, *h_obj, *m_obj, *n_obj, *ho_obj;
+    PyObject *bh_obj = Py_None;
     int update_old;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOp:gru_candidate", &rz_obj, &q_obj, &bn_obj, &xh_obj,
-                          &h_obj, &m_obj, &n_obj, &ho_obj, &update_old))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOp|O:gru_candidate", &rz_obj, &q_obj, &bn_obj, &xh_obj,
+                          &h_obj, &m_obj, &n_obj, &ho_obj, &update_old, &bh_obj))
         return NULL;
     npy_intp P, B, H;
     if (!output_shape(ho_obj, &P, &B, &H))
         Py_RETURN_FALSE;
-    int after = q_obj != Py_None, masked = m_obj != Py_None;
-    view rz, q = {0}, bn = {0}, xh, h, n, ho;
+    int after = q_obj != Py_None, masked = m_obj != Py_None, biased = bh_obj != Py_None;
+    view rz, q = {0}, bn = {0}, xh, h, n, ho, bh;
     if (!as_view(ho_obj, P, B, H, 1, &ho) || !as_view(n_obj, P, B, H, 1, &n)
             || !as_view(rz_obj, P, B, 2 * H, 0, &rz) || !as_view(xh_obj, P, B, H, 0, &xh)
             || !as_view(h_obj, P, B, H, 0, &h)
-            || (after && (!as_view(q_obj, P, B, H, 1, &q) || !as_view(bn_obj, P, B, H, 0, &bn))))
+            || (after && (!as_view(q_obj, P, B, H, 1, &q) || !as_view(bn_obj, P, B, H, 0, &bn)))
+            || (biased && !as_view(bh_obj, P, B, H, 0, &bh)))
         Py_RETURN_FALSE;
     const char *m_data = NULL;
     npy_intp m_stride = 0;
@@ -288,7 +307,7 @@ static PyObject *gru_candidate(PyObject *self, PyObject *args)
             }
         }
         /* n = tanh(r q + x W_h + b_h), or tanh((r h) U_h + x W_h + b_h) */
-        apply_to_sum(&n, &xh, p, B, H, 0, tanh_loop, tanh_data);
+        apply_to_sum(&n, &xh, biased ? &bh : NULL, p, B, H, 0, tanh_loop, tanh_data);
         for (npy_intp b = 0; b < B; b++) {
             const double *restrict nr = ROW(n, p, b), *restrict z = ROW(rz, p, b) + H;
             const double *restrict hr = ROW(h, p, b);
@@ -433,7 +452,7 @@ static PyObject *lstm_candidate(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     for (npy_intp p = 0; p < P; p++) {
         /* u = tanh(a_c), a_c = h U_c + x W_c + b_c */
-        apply_to_sum(&u, &xc, p, B, H, 0, tanh_loop, tanh_data);
+        apply_to_sum(&u, &xc, NULL, p, B, H, 0, tanh_loop, tanh_data);
         for (npy_intp b = 0; b < B; b++) {
             const double *restrict i = ROW(ifo, p, b), *restrict f = i + H;
             const double *restrict ur = ROW(u, p, b), *restrict c = ROW(s, p, b) + H;
@@ -561,15 +580,16 @@ static PyObject *lm_nll(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"sigmoid_of_sum", sigmoid_of_sum, METH_VARARGS,
-     "sigmoid_of_sum(a, x) -> bool: a <- sigma(a + x) in place; False (nothing written) "
-     "when the arrays do not fit the kernel."},
+     "sigmoid_of_sum(a, x[, b]) -> bool: a <- sigma(a + x), or sigma(a + (x + b)), in place; "
+     "False (nothing written) when the arrays do not fit the kernel."},
     {"hard_sigmoid_of_sum", hard_sigmoid_of_sum, METH_VARARGS,
      "hard_sigmoid_of_sum(a, x, g) -> bool: a <- a + x, g <- clip(0.2 a + 0.5, 0, 1); False "
      "(nothing written) when the arrays do not fit the kernel."},
     {"gru_candidate", gru_candidate, METH_VARARGS,
-     "gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old) -> bool: the GRU "
-     "step after its gates (see cells/_gate_kernels.c); False (nothing written) when "
-     "the arrays do not fit the kernel."},
+     "gru_candidate(rz, q, bn, xp_h, h, mask, n, h_out, update_old[, b_h]) -> bool: the "
+     "GRU step after its gates, xp_h + b_h taken for xp_h where b_h is given (see "
+     "cells/_gate_kernels.c); False (nothing written) when the arrays do not fit the "
+     "kernel."},
     {"gru_backward_after", gru_backward_after, METH_VARARGS,
      "gru_backward_after(dh, mask, rz, n, q, h, da, dq, dh_prev, update_old) -> bool: a GRU "
      "step's BPTT (reset after, sigmoid gates) before its product with U (see "

@@ -168,38 +168,42 @@ class GRU(StackedCell):
         h_t = add_into(multiply_into(h_new, mt), (1.0 - mt) * h)   # m h' + (1 - m) h
         return h_t, (a_kept, rz, n, q, mt)
 
-    def _probe_steps(self, l, params, views, gates, candidate, out, on, mask, first,
-                     blocks) -> bool:
+    def _probe_loop(self) -> bool:
+        """The loop of ``_probe_steps`` takes a pass's steps for the reference step (not
+        for a subclass that overrides the step, its blocks or its gates, nor for a cell
+        given a gate function of its own), sigmoid gates and reset "after", with the
+        kernels built."""
+        return (gate_kernels.KERNELS is not None and self.gate is sigmoid_in_loop
+                and self.config.reset == "after"
+                and self._reference_kept(("_layer_step", "_recurrent_blocks", "_gate_values")))
+
+    def _probe_steps(self, l, params, views, gates, candidate, out, on, mask, first, blocks,
+                     bias=None) -> None:
         """``_layer_step``'s kernel path over steps ``first`` .. T - 1, without its Python
         around the four calls of each step (a vectorised pass runs ~6,000 steps a check):
-        the same calls on the same arrays, so the same numbers.
-
-        Only for the reference step (a subclass that overrides the step, its blocks or its
-        gates, or a cell given a gate function of its own, is stepped by its own
-        ``_layer_step``), sigmoid gates and reset "after", with the kernels built.  A step whose arrays a kernel refuses runs
-        ``_layer_step`` itself.
+        the same calls on the same arrays, so the same numbers.  With ``bias``, the
+        kernels add b to x W as they read it, the sum ``_project`` would have made.  A
+        step whose arrays a kernel refuses runs ``_layer_step`` itself.
         """
         kernels = gate_kernels.KERNELS
-        if (kernels is None or self.gate is not sigmoid_in_loop or self.config.reset != "after"
-                or not self._reference_kept(("_layer_step", "_recurrent_blocks", "_gate_values"))):
-            return False
         U_rz, U_h, bn = blocks
         _, rz, n, q = out
+        b_gates, b_candidate = bias if bias is not None else (None, None)
         old = self.config.update == "old"
         sigmoid_of_sum, gru_candidate, matmul = kernels.sigmoid_of_sum, kernels.gru_candidate, np.matmul
         for t in range(first, len(on)):
             h, h_t = views[t], views[t + 1]
             m_t = None if on[t] else mask[t]
             matmul(h, U_rz, out=rz)                             # h U_{r|z}
-            if sigmoid_of_sum(rz, gates[t]):                    # [r | z] = sigma(x W + b + h U)
+            if sigmoid_of_sum(rz, gates[t], b_gates):           # [r | z] = sigma(x W + b + h U)
                 matmul(h, U_h, out=q)                           # h U_h
-                if gru_candidate(rz, q, bn, candidate[t], h, m_t, n, h_t, old):
+                if gru_candidate(rz, q, bn, candidate[t], h, m_t, n, h_t, old, b_candidate):
                     continue
+            xp_t = ((gates[t], candidate[t]) if bias is None
+                    else (gates[t] + b_gates, candidate[t] + b_candidate))
             step_out = list(out) + [h_t]
-            state, cache = self._layer_step(l, params, h, (gates[t], candidate[t]), m_t,
-                                            out=step_out, blocks=blocks)
+            state, cache = self._layer_step(l, params, h, xp_t, m_t, out=step_out, blocks=blocks)
             self._written(step_out, cache[:len(out)] + (state,))
-        return True
 
     def _recurrent_blocks(self, l, params):
         """``(U_{r|z}, U_h, bn)`` of layer l: the views of U its step multiplies by (bn None

@@ -257,7 +257,7 @@ class StackedCell:
         """x_t W + b for all steps: x (..., T, B, D) -> (..., T, B, G), one product.
 
         The steps are stacked as rows, (T B, D) @ (D, G).  A stacked W (P, D, G)
-        or b (P, 1, G) applies one matrix per probe to every step.  ``ws``: the
+        or b (P, 1, G) applies one matrix per probe to every step; b None: x W alone.  ``ws``: the
         workspace to take the result from, as array ``name`` (None: a new array).
         """
         T, B, D = x.shape[-3:]
@@ -267,7 +267,8 @@ class StackedCell:
             shape = np.broadcast_shapes(x2.shape[:-2], W.shape[:-2]) + (T * B, W.shape[-1])
             out = ws.empty(name, shape, np.result_type(x2, W))
         xp = np.matmul(x2, W, out=out)                          # (..., T B, G)
-        xp = add_into(xp, b)
+        if b is not None:
+            xp = add_into(xp, b)
         return xp.reshape(xp.shape[:-2] + (T, B, xp.shape[-1]))
 
     @staticmethod
@@ -411,9 +412,16 @@ class StackedCell:
         # (contiguous blocks, so that the gate arithmetic runs over contiguous arrays)
         g = self._gate_columns()
         ws = workspace.active()                                 # reused arrays, or fresh ones
-        xp_gates = self._project(x, W[..., :g], b[..., :g], ws, ("xp_gates", l))        # (..., T, B, g)
-        xp_cand = self._project(x, W[..., g:], b[..., g:], ws, ("xp_candidate", l))     # (..., T, B, H)
-        own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params]
+        loop = not keep_steps and self._probe_loop()            # the subclass's loop of a pass
+        # a pass whose probes move W or b, stepped by that loop: b is added where the
+        # steps read x W (the same sums), not over all the probes' (T, B, 3H) projections
+        late = loop and (np.ndim(W) > 2 or np.ndim(b) > 1)
+        bias = (b[..., :g], b[..., g:]) if late else None
+        xp_gates = self._project(x, W[..., :g], None if late else b[..., :g], ws,
+                                 ("xp_gates", l))               # (..., T, B, g)
+        xp_cand = self._project(x, W[..., g:], None if late else b[..., g:], ws,
+                                ("xp_candidate", l))            # (..., T, B, H)
+        own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params] + ([b] if late else [])
         lead = np.broadcast_shapes(xp_gates.shape[:-3], *(np.shape(p)[:-2] for p in own))
         dtype = np.result_type(xp_gates, *own)                  # complex under the complex step
         states = ws.empty(("states", l), (T + 1,) + lead + (B, self._state_width()), dtype)
@@ -442,8 +450,9 @@ class StackedCell:
                                             (xp_gates[0], xp_cand[0]), None if on[0] else mask[0])
                 views[1][...] = state
                 first = 1
-            if not keep_steps and self._probe_steps(l, params, views, gates, candidate,
-                                                    [k[0] for k in kept], on, mask, first, blocks):
+            if loop:
+                self._probe_steps(l, params, views, gates, candidate, [k[0] for k in kept], on,
+                                  mask, first, blocks, bias)
                 xs = ()                                         # every step taken
             for t, xp_t, *out in itertools.islice(zip(range(T), xs, *kept, views[1:]), first, None):
                 m_t = None if on[t] else mask[t]                # None: no blend with the state
@@ -455,14 +464,19 @@ class StackedCell:
         return (_move_steps(states[1:, ..., :H], 0, -3),
                 dict(x=x, states=states, steps=steps, mask=mask, **bufs))
 
-    def _probe_steps(self, l, params, views, gates, candidate, out, on, mask, first,
-                     blocks) -> bool:
-        """Steps ``first`` .. T - 1 of layer l in a pass that keeps no step (``losses``):
-        h_t into ``views[t + 1]``, each step's arrays into ``out`` (the buffers of
-        ``_step_arrays``, shared by the steps); ``gates`` and ``candidate`` are x_t W + b
-        step by step, (T, ..., B, width).  False, having done nothing, where the subclass
-        has no such loop: ``_layer_step`` is then called step by step."""
+    def _probe_loop(self) -> bool:
+        """Whether ``_probe_steps`` takes the steps of a pass that keeps none (``losses``);
+        False here: ``_layer_step`` is called step by step."""
         return False
+
+    def _probe_steps(self, l, params, views, gates, candidate, out, on, mask, first, blocks,
+                     bias=None) -> None:
+        """Steps ``first`` .. T - 1 of layer l in a pass that keeps no step, where
+        ``_probe_loop()`` says: h_t into ``views[t + 1]``, each step's arrays into ``out``
+        (the buffers of ``_step_arrays``, shared by the steps).  ``gates`` and
+        ``candidate`` are x_t W + b step by step, (T, ..., B, width), or x_t W alone
+        when ``bias`` holds b's two blocks, to be added as the steps read them."""
+        raise NotImplementedError
 
     def _first_step_shared(self, l, params, xp_gates, xp_cand, own) -> bool:
         """Whether step 0 of layer l is the same in every probe: U{l} alone has a probe

@@ -322,13 +322,17 @@ def test_the_environment_turns_them_off(value, on, tmp_path):
 
 
 # ---------------------------------------------------------------- the probe passes' loop
-def _probe_losses_and_scalar_losses(cell, name, rng, P=4, mask="random", before=None):
+def _probe_losses_and_scalar_losses(cell, name, rng, P=4, mask="random", before=None,
+                                    imaginary=0.0):
     """A pass's losses of P probes moving ``name``, and loss() of each probe (computed
-    first; then ``before()``, when given, then the pass)."""
+    first; then ``before()``, when given, then the pass).  ``imaginary``: the probes'
+    moves get this imaginary part too (a complex step)."""
     params = cell.init_params(rng)
     batch = cell.sample_batch(rng, 5, 3, make_mask(mask, rng, 5, 3))
     stack = {k: np.broadcast_to(v, (P,) + v.shape) for k, v in params.items()}
     stack[name] = params[name] + rng.normal(scale=1e-3, size=(P,) + params[name].shape)
+    if imaginary:
+        stack[name] = stack[name] + 1j * imaginary
     scalar = np.array([cell.loss({**params, name: stack[name][p]}, batch) for p in range(P)])
     if before is not None:
         before()
@@ -336,7 +340,7 @@ def _probe_losses_and_scalar_losses(cell, name, rng, P=4, mask="random", before=
 
 
 @needs_kernels
-@pytest.mark.parametrize("name, step_calls", [("W0", 0), ("U0", 1), ("bn0", 0)])
+@pytest.mark.parametrize("name, step_calls", [("W0", 0), ("U0", 1), ("bn0", 0), ("b0", 0)])
 def test_a_pass_steps_the_reference_gru_without_its_layer_step(monkeypatch, name, step_calls):
     # the loop of a vectorised pass makes the kernel path's calls itself; only step 0 of
     # a pass moving U alone, computed once for every probe, goes through _layer_step
@@ -355,11 +359,25 @@ def test_a_pass_steps_the_reference_gru_without_its_layer_step(monkeypatch, name
 @pytest.mark.parametrize("update", ["old", "new"])
 @pytest.mark.parametrize("mask", ["none", "random", "lengths"])
 def test_a_pass_loop_gives_loss_to_the_bit(update, mask):
+    # the probes of W and b get x W alone from the projections, b added by the kernels
     cell = GRU(GRUConfig(input_size=4, hidden_size=6, reset="after", update=update, layers=2))
     rng = np.random.default_rng(4)
-    for name in ("W0", "U0", "U1", "bn1"):
+    for name in ("W0", "b0", "U0", "W1", "b1", "U1", "bn1"):
         losses, scalar = _probe_losses_and_scalar_losses(cell, name, rng, mask=mask)
         assert_same_bits(losses, scalar, f"losses moving {name}")
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", ["W0", "b0", "U0"])
+def test_a_pass_whose_arrays_the_kernels_refuse_steps_as_loss_does(name):
+    # complex probes (the complex step): every step refused, taken by _layer_step, with
+    # b added to x W first where the loop left it to the kernels
+    cell = GRU(GRUConfig(input_size=4, hidden_size=6, reset="after"))
+    losses, scalar = _probe_losses_and_scalar_losses(cell, name, np.random.default_rng(6),
+                                                     imaginary=1e-20)
+    assert np.iscomplexobj(losses) and np.abs(losses.imag).max() > 0
+    assert_same_bits(losses.real, scalar.real, f"real parts moving {name}")
+    assert_same_bits(losses.imag, scalar.imag, f"imaginary parts moving {name}")
 
 
 @needs_kernels
