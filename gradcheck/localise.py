@@ -244,6 +244,30 @@ def _run(cell, params, batch, base, at, step_params=None, offset=None):
     return cell.readout_loss(params, np.stack(outs[:at] + out + rest), batch)
 
 
+def _projections(a, v) -> np.ndarray:
+    """(T, directions): sum over the trailing axes of a * v, a (T, 1, ...), v (T, d, ...)."""
+    prod = a * v
+    return prod.reshape(prod.shape[:2] + (-1,)).sum(axis=-1)
+
+
+def _judged(analytic, numeric, tol: Tolerance):
+    """``(excess (T,), values (T, 2))``: at each step the worst of the directions, by
+    ``_excess``, with its analytic and numeric derivatives (the later direction on a
+    tie); a direction whose numeric derivative is NaN (its move crossed a kink) is not
+    judged, and a step with none judged keeps 0 and (0, 0)."""
+    T, D = analytic.shape
+    excess, values = np.zeros(T), np.zeros((T, 2))
+    for t in range(T):
+        for d in range(D):
+            a, n = float(analytic[t, d]), numeric[t, d]
+            if np.isnan(n):
+                continue                # the move crossed a kink: not judged
+            ex = _excess(a, n, tol)
+            if ex >= excess[t]:
+                excess[t], values[t] = ex, (a, n)
+    return excess, values
+
+
 def _excess(a, n, tol: Tolerance) -> float:
     if not (np.isfinite(a) and np.isfinite(n)):
         return np.inf
@@ -442,51 +466,34 @@ def localise(cell, params, batch, specs: list[ParamSpec], tolerances: dict[str, 
         blocks = spec.block_slices() or {None: tuple(slice(None) for _ in spec.shape)}
         rows += [(spec.name, name, idx, spec.layer if spec.layer is not None else 0)
                  for name, idx in blocks.items()]
-    # the random directions: v supported on one block of one parameter, u on one state
-    step_dirs = []
+    # the random directions: v supported on one block of one parameter, u on one state;
+    # each row's (T, directions) moves drawn at once, and held as views of one array
+    moves = []                                  # per row: (T, directions, *parameter shape)
     for name, _, idx, _ in rows:
-        by_step = []
-        for t in range(T):
-            by_step.append([])
-            for _ in range(directions):
-                v = np.zeros_like(params[name])
-                v[idx] = rng.choice([-1.0, 1.0], size=v[idx].shape)
-                by_step[t].append(v)
-        step_dirs.append(by_step)
-    adjoint_dirs = [[[rng.choice([-1.0, 1.0], size=adj[t].shape) for _ in range(directions)]
-                     for t in range(T)] for adj in adjoints]
+        along = (slice(None), slice(None)) + tuple(idx)
+        v = np.zeros((T, directions) + np.shape(params[name]), dtype=np.result_type(params[name]))
+        v[along] = rng.choice([-1.0, 1.0], size=v[along].shape)
+        moves.append(v)
+    step_dirs = [[list(v[t]) for t in range(T)] for v in moves]
+    state_moves = [rng.choice([-1.0, 1.0], size=(T, directions) + np.shape(adj)[1:])
+                   for adj in adjoints]                 # per layer: (T, directions, B, S)
+    adjoint_dirs = [[list(u[t]) for t in range(T)] for u in state_moves]
 
     numeric_of = _numeric_batched if getattr(cell, "steps_take_probes", False) else _numeric
     step_numeric, adjoint_numeric = numeric_of(cell, params, batch, base, rows, step_dirs,
                                                adjoint_dirs, f0=stepped)
-    step_excess = np.zeros((len(rows), T))
-    step_values = np.zeros((len(rows), T, 2))
-    for i, (name, block, idx, _) in enumerate(rows):
-        tol = tolerances[name]
-        for t in range(T):
-            for d, v in enumerate(step_dirs[i][t]):
-                analytic = float(np.sum(steps[name][t] * v))
-                numeric = step_numeric[i, t, d]
-                if np.isnan(numeric):
-                    continue                # the move crossed a kink: not judged
-                ex = _excess(analytic, numeric, tol)
-                if ex >= step_excess[i, t]:
-                    step_excess[i, t], step_values[i, t] = ex, (analytic, numeric)
-
+    step_excess, step_values = np.zeros((len(rows), T)), np.zeros((len(rows), T, 2))
+    for i, ((name, _, idx, _), v) in enumerate(zip(rows, moves)):
+        along = (slice(None), slice(None)) + tuple(idx)
+        # <step_contributions[name][t], v>: the block's elements alone (v is 0 elsewhere)
+        analytic = _projections(np.asarray(steps[name])[along[:1] + along[2:]][:, None], v[along])
+        step_excess[i], step_values[i] = _judged(analytic, step_numeric[i], tolerances[name])
     tol = next(iter(tolerances.values()))
     layers = len(adjoints)
-    adjoint_excess = np.zeros((layers, T))
-    adjoint_values = np.zeros((layers, T, 2))
-    for layer, adj in enumerate(adjoints):
-        for t in range(T):
-            for d, u in enumerate(adjoint_dirs[layer][t]):
-                analytic = float(np.sum(adj[t] * u))
-                numeric = adjoint_numeric[layer, t, d]
-                if np.isnan(numeric):
-                    continue                # the move crossed a kink: not judged
-                ex = _excess(analytic, numeric, tol)
-                if ex >= adjoint_excess[layer, t]:
-                    adjoint_excess[layer, t], adjoint_values[layer, t] = ex, (analytic, numeric)
+    adjoint_excess, adjoint_values = np.zeros((layers, T)), np.zeros((layers, T, 2))
+    for layer, (adj, u) in enumerate(zip(adjoints, state_moves)):
+        adjoint_excess[layer], adjoint_values[layer] = _judged(
+            _projections(np.asarray(adj)[:, None], u), adjoint_numeric[layer], tol)
     return Localisation(rows=[(n, b) for n, b, _, _ in rows],
                         row_layers=[l for _, _, _, l in rows], step_excess=step_excess,
                         step_values=step_values, adjoint_excess=adjoint_excess,
