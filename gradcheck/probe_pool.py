@@ -40,7 +40,6 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -123,6 +122,10 @@ def _run_here(fn, items, on_result):
 def _thread_pool(workers):
     """Threads: an exception cancels the passes not yet started and reaches the caller
     once the running ones end; Ctrl-C reaches it at once."""
+    # imported here: concurrent.futures (and the logging it imports) is ~3 ms of a
+    # command's start, and a check whose passes fork never uses it
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradcheck-probes")
     interrupted = False
 

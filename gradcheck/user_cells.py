@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +58,16 @@ class UserCodeError(ValueError):
 # what user code raises that keeps its meaning: errors reach the oracles' reports,
 # Ctrl-C interrupts, generators close
 _PASSED_ON = (Exception, KeyboardInterrupt, GeneratorExit)
-_GRADCHECK_DIR = str(Path(__file__).resolve().parent)
-_LIBRARY_DIRS = tuple({os.path.realpath(path) for key, path in sysconfig.get_paths().items()
-                       if key in ("stdlib", "platstdlib", "purelib", "platlib")})
+_GRADCHECK_DIR = os.path.dirname(os.path.realpath(__file__))
+
+
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    """The standard library's and site-packages' directories (found when first needed:
+    sysconfig's paths cost a command's start ~1 ms)."""
+    import sysconfig
+    return tuple({os.path.realpath(path) for key, path in sysconfig.get_paths().items()
+                  if key in ("stdlib", "platstdlib", "purelib", "platlib")})
 
 
 class user_code:
@@ -118,7 +124,7 @@ def _is_user_file(filename: str) -> bool:
         return False
     path = os.path.realpath(filename)
     return not any(path == d or path.startswith(d + os.sep)
-                   for d in (_GRADCHECK_DIR,) + _LIBRARY_DIRS)
+                   for d in (_GRADCHECK_DIR,) + _library_dirs())
 
 
 def _user_line(tb) -> str | None:
