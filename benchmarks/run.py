@@ -43,6 +43,7 @@ from gradcheck.directional import directional_check  # noqa: E402
 from gradcheck.finite_differences import numeric_gradient  # noqa: E402
 from gradcheck.process_memory import keep_freed_memory  # noqa: E402
 from gradcheck.tolerance import resolve_tolerance  # noqa: E402
+from benchmarks.torch_peer import CLASSES, SMALL, torch_case  # noqa: E402
 
 __all__ = ["main", "exact_check", "fast_check", "median_time"]
 
@@ -51,9 +52,7 @@ try:
 except ImportError:                                     # the torch sections are skipped
     torch = None
 
-SMALL = dict(steps=20, batch=8, input_size=16, hidden_size=32)
 BIG = dict(steps=50, batch=32, input_size=128, hidden_size=256)
-CLASSES = 2
 # a timed sample of a fast call averages enough calls to last this long (seconds)
 SAMPLE_SECONDS = 0.05
 
@@ -156,34 +155,6 @@ def fast_check(cell, params, batch, method="central"):
 
 
 # -------------------------------------------------------------- torch side
-def torch_case(steps, batch, input_size, hidden_size, seed=0):
-    """torch.nn.GRU(D, H) in float64 with a 2-class readout, and a loss of its parameters.
-
-    Returns ``(loss_fn, inputs)``: ``loss_fn(*inputs)`` is the mean over sequences of
-    the summed per-step cross-entropy, the project's readout "lm".
-    """
-    from torch.func import functional_call
-
-    torch.manual_seed(seed)
-    gru = torch.nn.GRU(input_size, hidden_size).double()
-    x = torch.randn(steps, batch, input_size, dtype=torch.float64)
-    y = torch.randint(0, CLASSES, (steps, batch))
-    names = [n for n, _ in gru.named_parameters()]
-    weights = [p.detach().clone().requires_grad_(True) for p in gru.parameters()]
-    V = (torch.randn(hidden_size, CLASSES, dtype=torch.float64) / hidden_size ** 0.5)
-    c = torch.zeros(CLASSES, dtype=torch.float64)
-
-    def loss_fn(*ps):
-        out, _ = functional_call(gru, dict(zip(names, ps[:4])), (x,))
-        logits = out @ ps[4] + ps[5]
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, CLASSES), y.reshape(-1),
-                                               reduction="sum")
-        return ce / batch
-
-    inputs = tuple(weights) + (V.requires_grad_(True), c.requires_grad_(True))
-    return loss_fn, inputs, (x, y)
-
-
 def same_function_check(loss_fn, inputs, data, hidden_size):
     """|L_torch - L_gradcheck| with torch's weights mapped onto the project's GRU.
 
@@ -237,7 +208,7 @@ TORCH_EXACT_SNIPPET = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from benchmarks.run import SMALL, torch_case
+from benchmarks.torch_peer import SMALL, torch_case
 loss_fn, inputs, _ = torch_case(**SMALL)
 assert torch.autograd.gradcheck(loss_fn, inputs)
 """
