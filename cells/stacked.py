@@ -401,7 +401,8 @@ class StackedCell:
         Leading axes are probes (see ``losses``); ``keep_steps`` keeps what the
         backward pass needs of every step.  The cache holds ``x``, ``states``
         ((T + 1, ..., B, S): states[t + 1] is the carried state after step t,
-        states[0] the initial one, 0), each step's ``_layer_step`` cache in
+        states[0] the initial one, 0; (P, T + 1, B, S) in a pass that the
+        subclass's ``_probe_steps`` takes), each step's ``_layer_step`` cache in
         ``steps``, the (T, B) ``mask``, and the (T, ..., B, width) arrays the steps
         wrote into, by the names ``_step_arrays`` gives them.
         """
@@ -424,8 +425,16 @@ class StackedCell:
         own = [params[k] for k in (f"U{l}", f"bn{l}") if k in params] + ([b] if late else [])
         lead = np.broadcast_shapes(xp_gates.shape[:-3], *(np.shape(p)[:-2] for p in own))
         dtype = np.result_type(xp_gates, *own)                  # complex under the complex step
-        states = ws.empty(("states", l), (T + 1,) + lead + (B, self._state_width()), dtype)
-        states[0] = 0.0
+        # a pass of the subclass's loop keeps each probe's states together, (P, T + 1, B, S):
+        # the readout then reads each probe's (T B, H) rows where they are, uncopied
+        by_probe = loop and len(lead) == 1
+        if by_probe:
+            states = ws.empty(("states by probe", l), lead + (T + 1, B, self._state_width()),
+                              dtype)
+            states[:, 0] = 0.0
+        else:
+            states = ws.empty(("states", l), (T + 1,) + lead + (B, self._state_width()), dtype)
+            states[0] = 0.0
         # what the steps write: (T, ..., B, width) arrays kept for the backward pass,
         # or one (1, ..., B, width) set that every step reuses
         bufs = {name: ws.empty((name, l), (T if keep_steps else 1,) + lead + (B, width), dtype)
@@ -437,7 +446,7 @@ class StackedCell:
         # each step's views, made before the loop: inputs, states, and what it writes
         gates, candidate = _move_steps(xp_gates, -3, 0), _move_steps(xp_cand, -3, 0)
         xs = zip(gates, candidate)
-        views = list(states)
+        views = [states[:, t] for t in range(T + 1)] if by_probe else list(states)
         steps = []
         first = 0
         with np.errstate(over="ignore"):                        # for the gates' exp (LOOP_GATES)
@@ -461,8 +470,8 @@ class StackedCell:
                 self._written(out, step_cache[:len(bufs)] + (state,))   # where the backward reads
                 if keep_steps:
                     steps.append(step_cache)
-        return (_move_steps(states[1:, ..., :H], 0, -3),
-                dict(x=x, states=states, steps=steps, mask=mask, **bufs))
+        top = states[:, 1:, :, :H] if by_probe else _move_steps(states[1:, ..., :H], 0, -3)
+        return top, dict(x=x, states=states, steps=steps, mask=mask, **bufs)
 
     def _probe_loop(self) -> bool:
         """Whether ``_probe_steps`` takes the steps of a pass that keeps none (``losses``);
