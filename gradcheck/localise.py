@@ -343,10 +343,12 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs, f
     adjoint = np.zeros((len(adjoint_dirs), T, len(adjoint_dirs[0][0]) if adjoint_dirs else 0))
 
     def one_step(t):
-        """Step t's differences: its rows of ``step`` and of ``adjoint``."""
+        """Step t's differences: its rows of ``step`` and of ``adjoint``.  Every probe of
+        the step, the rows' and the states', runs steps t + 1 .. T - 1 in one batch."""
         step_t, adjoint_t = np.zeros_like(step[:, t]), np.zeros_like(adjoint[:, t])
         probes = [(i, d, rows[i][0], v) for i in range(len(rows))
                   for d, v in enumerate(step_dirs[i][t])]
+        moved_states = []           # per batch of probes: the states carried out of step t
         for chunk in _probe_chunks(probes, params):
             P = 2 * len(chunk)
             moved = {k: np.broadcast_to(v, (P,) + np.shape(v)) for k, v in params.items()}
@@ -357,23 +359,30 @@ def _numeric_batched(cell, params, batch, base, rows, step_dirs, adjoint_dirs, f
                 moved[name][2 * k + 1] = params[name] + (-eps) * v
             stack = cell.probe_params(moved)
             x_t = cell.embed(stack, batch)[..., t, :, :]
-            state = cell.step(stack, states[t], x_t, batch.mask[t])
-            f = _finish(cell, params, batch, base, t, state, P)
-            for k, (i, d, _, _) in enumerate(chunk):
-                # (L(+e) - L(-e)) / 2e
-                step_t[i, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
-        probes = [(layer, d, u) for layer in range(len(adjoint_dirs))
-                  for d, u in enumerate(adjoint_dirs[layer][t])]
-        if probes:
-            P = 2 * len(probes)
+            # a layer below the moved parameter's comes out once for every probe: P copies
+            moved_states.append([np.broadcast_to(s, (P,) + np.shape(before)) for s, before
+                                 in zip(cell.step(stack, states[t], x_t, batch.mask[t]),
+                                        states[t + 1])])
+        adjoints = [(layer, d, u) for layer in range(len(adjoint_dirs))
+                    for d, u in enumerate(adjoint_dirs[layer][t])]
+        if adjoints:
+            P = 2 * len(adjoints)
             state = [np.broadcast_to(s, (P,) + np.shape(s)).copy() for s in states[t + 1]]
-            for k, (layer, _, u) in enumerate(probes):
+            for k, (layer, _, u) in enumerate(adjoints):
                 # the state carried out of step t, moved by +e u and -e u
                 state[layer][2 * k] = states[t + 1][layer] + eps * u
                 state[layer][2 * k + 1] = states[t + 1][layer] + (-eps) * u
-            f = _finish(cell, params, batch, base, t, state, P)
-            for k, (layer, d, _) in enumerate(probes):
-                adjoint_t[layer, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
+            moved_states.append(state)
+        if not moved_states:
+            return step_t, adjoint_t
+        state = [np.concatenate(layer) for layer in zip(*moved_states)]
+        f = _finish(cell, params, batch, base, t, state, len(state[0]))
+        for k, (i, d, _, _) in enumerate(probes):
+            # (L(+e) - L(-e)) / 2e
+            step_t[i, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
+        f = f[2 * len(probes):]
+        for k, (layer, d, _) in enumerate(adjoints):
+            adjoint_t[layer, d] = _difference(f[2 * k], f[2 * k + 1], f0, eps)
         return step_t, adjoint_t
 
     def store(t, found):
