@@ -293,8 +293,9 @@ class StackedCell:
         T, B = m.shape
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
-            if (gate_kernels.KERNELS is not None and np.result_type(top, V, cb) == np.float64
-                    and max(np.ndim(top) - 3, np.ndim(V) - 2, np.ndim(cb) - 1) > 0):
+            if (gate_kernels.KERNELS is not None
+                    and max(np.ndim(top) - 3, np.ndim(V) - 2, np.ndim(cb) - 1) > 0
+                    and np.result_type(top, V, cb) == np.float64):
                 nll = self._compiled_nll(V, cb, top, batch)    # probes: (..., T B) or None
                 if nll is not None:
                     return (m.reshape(T * B) * nll).sum(axis=-1) / B, {}
@@ -572,7 +573,7 @@ class StackedCell:
         for l in range(self.config.layers):
             x, _ = self._layer_forward(l, stack, x, batch.mask, keep_steps=False)
         loss, _ = self._readout(stack, x, batch)
-        return np.broadcast_to(loss, (P,)).copy()
+        return loss.copy() if np.shape(loss) == (P,) else np.broadcast_to(loss, (P,)).copy()
 
     @staticmethod
     def probe_params(params) -> dict:
