@@ -32,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the project as installed (`pip install .`, with its compiled kernels) where it is, else
+# this source tree: appended, so that an install comes first (an in-place source tree
+# without a built extension would run without the kernels)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from cells import gate_kernels  # noqa: E402
 from cells.gru import GRU, GRUConfig  # noqa: E402
@@ -44,6 +47,9 @@ from gradcheck.finite_differences import numeric_gradient  # noqa: E402
 from gradcheck.process_memory import keep_freed_memory  # noqa: E402
 from gradcheck.tolerance import resolve_tolerance  # noqa: E402
 from benchmarks.torch_peer import CLASSES, SMALL, torch_case  # noqa: E402
+
+# where the project's modules were imported from: site-packages, or the source tree
+PROJECT_DIR = Path(gate_kernels.__file__).resolve().parents[1]
 
 __all__ = ["main", "exact_check", "fast_check", "median_time"]
 
@@ -221,7 +227,7 @@ def process_time(argv, repeats: int) -> float:
     repeats: how many runs.
     """
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_DIR))
     # Python's default: the first run writes the modules' bytecode, the others read it,
     # as an installed command's (pip compiles it) would; PYTHONDONTWRITEBYTECODE=1 (set
     # on some machines) would have every run compile the project's modules again
@@ -246,7 +252,8 @@ def section_a(args, out):
     res.append(row("exact, one element at a time (1 run)", scalar, None))
     root = Path(__file__).resolve().parents[1]
     # whole processes: what a user runs (interpreter, imports, the check, the report)
-    ours_process = process_time([sys.executable, str(root / "cli.py")] + CLI_EXACT, args.repeats)
+    ours_process = process_time([sys.executable, str(PROJECT_DIR / "cli.py")] + CLI_EXACT,
+                                args.repeats)
     res.append(row("whole process: gradcheck " + " ".join(CLI_EXACT[:2]) + " ...", ours_process,
                    None))
     if torch is not None and not args.skip_torch_exact:
@@ -394,7 +401,7 @@ print(imported - start, first - imported, sorted(times)[len(times) // 2])
 def section_d(args, out):
     print("\n(d) symbolic (PyTensor) oracle, GRU(16, 32), T=20, B=8")
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_DIR))
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", SYMBOLIC_SNIPPET, str(args.repeats)], cwd=root,
                           env=env, capture_output=True, text=True, check=True)
@@ -452,6 +459,7 @@ def header():
     load = os.getloadavg()
     print(f"cpus {os.cpu_count()}, torch threads {threads}, load average {load}")
     print(gate_kernels.status())
+    print(f"project imported from {PROJECT_DIR}")
     if load[0] > 0.5:
         print("warning: other processes are running; multi-threaded BLAS and torch's OpenMP "
               "threads slow down many times on a busy machine, so these numbers are not comparable")
