@@ -190,7 +190,8 @@ class GRU(StackedCell):
         _, rz, n, q = out
         b_gates, b_candidate = bias if bias is not None else (None, None)
         old = self.config.update == "old"
-        sigmoid_of_sum, gru_candidate, matmul = kernels.sigmoid_of_sum, kernels.gru_candidate, np.matmul
+        sigmoid_of_sum, gru_candidate = kernels.sigmoid_of_sum, kernels.gru_candidate
+        matmul = np.matmul
         for t in range(first, len(on)):
             h, h_t = views[t], views[t + 1]
             m_t = None if on[t] else mask[t]

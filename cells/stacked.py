@@ -257,8 +257,9 @@ class StackedCell:
         """x_t W + b for all steps: x (..., T, B, D) -> (..., T, B, G), one product.
 
         The steps are stacked as rows, (T B, D) @ (D, G).  A stacked W (P, D, G)
-        or b (P, 1, G) applies one matrix per probe to every step; b None: x W alone.  ``ws``: the
-        workspace to take the result from, as array ``name`` (None: a new array).
+        or b (P, 1, G) applies one matrix per probe to every step; b None: x W
+        alone.  ``ws``: the workspace to take the result from, as array ``name``
+        (None: a new array).
         """
         T, B, D = x.shape[-3:]
         x2 = x.reshape(x.shape[:-3] + (T * B, D))
