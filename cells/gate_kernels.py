@@ -1,9 +1,10 @@
 """The compiled gate kernels (``cells/_gate_kernels.c``), when the install built them.
 
-The GRU's and the LSTM's forward steps, and a large GRU layer's rule-by-rule
-backward step, hand their gate arithmetic to them: the same operations in the
-same order as their NumPy code, with NumPy's own exp and tanh loops, so the
-same numbers to the last bit, in one pass over each probe's arrays instead of
+The GRU's and the LSTM's forward steps, a large GRU layer's rule-by-rule
+backward step, and the lm readout of a vectorised pass hand their elementwise
+arithmetic to them: the same operations in the same order as their NumPy
+code, with NumPy's own exp, tanh and log loops, so the same numbers to the
+last bit, in one pass over each probe's arrays instead of
 a ufunc call per operation.  A kernel returns False, having written nothing,
 when its arrays do not fit it (another dtype, a layout it does not take); the
 step then runs its NumPy code.
