@@ -91,6 +91,15 @@ def probe_stack(params) -> tuple[int, dict[str, np.ndarray]]:
     return P, stack
 
 
+def _plus_classes(logits, c):
+    """``logits`` (..., K) + c, class by class, in place (a last axis of 2 broadcasts
+    slowly); ``logits`` itself when c is None (already added)."""
+    if c is not None:
+        for k in range(logits.shape[-1]):
+            logits[..., k] += c[k]
+    return logits
+
+
 def _move_steps(a, source, destination):
     """``np.moveaxis(a, source, destination)`` of a (..., T, B, n) or (T, ..., B, n) array,
     or ``a`` itself when it has no probe axes (3-D: the move changes nothing).
@@ -294,24 +303,21 @@ class StackedCell:
         T, B = m.shape
         V, cb = params["V"], params["c"]
         if c.readout == "lm":
-            if (gate_kernels.KERNELS is not None
-                    and max(np.ndim(top) - 3, np.ndim(V) - 2, np.ndim(cb) - 1) > 0
-                    and np.result_type(top, V, cb) == np.float64):
-                nll = self._compiled_nll(V, cb, top, batch)    # probes: (..., T B) or None
-                if nll is not None:
-                    return (m.reshape(T * B) * nll).sum(axis=-1) / B, {}
-            logits = self._step_logits(V, cb, top)              # (..., T, B, K)
-            if logits.ndim == 3:                                # one loss, and its cache
-                logp = log_softmax(logits)                      # (T, B, K)
+            logits, c_left = self._logit_rows(V, cb, top)       # (..., T B, K), c still to add
+            if logits.ndim == 2:                                # one loss, and its cache
+                logp = log_softmax(_plus_classes(logits, c_left).reshape(T, B, logits.shape[-1]))
                 nll = -logp[np.arange(T)[:, None], np.arange(B), batch.y]  # -log p_tb(y_tb)
                 loss = (m.reshape(T * B) * nll.reshape(T * B)).sum() / B
                 return _loss_value(loss), dict(logp=logp)
-            # probes: nll_tb = log_total - (l_tb,y_tb - shift), -logp's numbers to the bit
-            shift, log_total = log_normaliser(logits)
-            y = np.broadcast_to(batch.y, logits.shape[:-1]).reshape(-1)
-            picked = logits.reshape(-1, logits.shape[-1])[np.arange(y.size), y]
-            nll = log_total - (picked.reshape(shift.shape) - shift)
-            nll = nll.reshape(nll.shape[:-2] + (T * B,))
+            # probes: nll_tb = log_total - (l_tb,y_tb - shift), -logp's numbers to the bit,
+            # (..., T B), by the compiled readout where it runs, else here
+            nll = self._compiled_nll(logits, c_left, batch)
+            if nll is None:
+                logits = _plus_classes(logits, c_left)
+                shift, log_total = log_normaliser(logits)
+                y = np.broadcast_to(np.reshape(batch.y, T * B), shift.shape).reshape(-1)
+                picked = logits.reshape(-1, logits.shape[-1])[np.arange(y.size), y]
+                nll = log_total - (picked.reshape(shift.shape) - shift)
             # L = (1/B) sum_{t,b} m_tb nll_tb: each probe's T B terms in one contiguous row,
             # added as loss() adds them
             return (m.reshape(T * B) * nll).sum(axis=-1) / B, {}
@@ -326,41 +332,34 @@ class StackedCell:
         return _loss_value(loss), dict(logp=logp, pooled=pooled, count=count)
 
     @staticmethod
-    def _step_logits(V, cb, top, rows=False):
-        """The logits l_tb = h_tb V + c of every step and sequence, (..., T, B, K).
+    def _logit_rows(V, cb, top):
+        """The logits' rows h_tb V of every step and sequence, (..., T B, K), and the c
+        still to add to them by ``_plus_classes`` (None: added here).
 
         One product a probe, (T B, H) @ (H, K), as ``loss`` computes it: the same
         matrix shapes, so the same numbers to the last bit (one product over all
-        probes' rows would round differently for some shapes).  ``+ c`` class by
-        class: a last axis of 2 broadcasts slowly.  ``rows``: return (..., T B, K)
-        and leave a c of shape (K,) out, for the caller to add class by class (the
-        compiled readout does), with the c still to add (else None).
+        probes' rows would round differently for some shapes).  A c of shape (K,)
+        in the logits' dtype is left to add class by class (a last axis of 2
+        broadcasts slowly; the compiled readout adds it as it reads the rows).
         """
         T, B, H = top.shape[-3:]
         logits = np.matmul(top.reshape(top.shape[:-3] + (T * B, H)), V)    # (..., T B, K)
-        by_class = np.ndim(cb) == 1 and np.result_type(logits, cb) == logits.dtype
-        if rows and by_class:
+        if np.ndim(cb) == 1 and np.result_type(logits, cb) == logits.dtype:
             return logits, cb
-        if by_class:
-            for k in range(logits.shape[-1]):
-                logits[..., k] += cb[k]
-        else:
-            logits = logits + cb                                # a probe axis or a dtype of c's
-        if rows:
-            return logits, None
-        return logits.reshape(logits.shape[:-2] + (T, B, logits.shape[-1]))
+        return logits + cb, None                                # a probe axis or a dtype of c's
 
-    def _compiled_nll(self, V, cb, top, batch):
-        """The probes' -log p(y_tb) of the lm readout, (..., T B), by the compiled readout
-        (``lm_nll``: the numbers of the NumPy code of ``_readout``), or None where it does
-        not take these arrays."""
-        T, B = top.shape[-3:-1]
-        logits, c_left = self._step_logits(V, cb, top, rows=True)          # (..., T B, K)
-        lead = logits.shape[:-2]
-        nll = np.empty(lead + (T * B,))
-        if gate_kernels.KERNELS.lm_nll(logits.reshape((-1,) + logits.shape[-2:]), c_left,
-                                       np.asarray(batch.y).reshape(T * B),
-                                       nll.reshape(-1, T * B)):
+    @staticmethod
+    def _compiled_nll(logits, c, batch):
+        """The probes' -log p(y_tb) of the lm readout, (..., T B), from ``_logit_rows``'s
+        ``logits`` and ``c`` by the compiled readout (``lm_nll``: the numbers of the
+        NumPy code of ``_readout``), or None where it does not run or take these arrays."""
+        if gate_kernels.KERNELS is None or logits.dtype != np.float64:
+            return None
+        rows, K = logits.shape[-2:]
+        P = int(np.prod(logits.shape[:-2]))                     # (the rows may be none)
+        nll = np.empty(logits.shape[:-1])
+        if gate_kernels.KERNELS.lm_nll(logits.reshape(P, rows, K), c,
+                                       np.asarray(batch.y).reshape(rows), nll.reshape(P, rows)):
             return nll
         return None
 
