@@ -176,11 +176,10 @@ def step_size_curve(loss, params, name, index, reference, *, scales=None, cell=N
         theta[index] = old
     else:
         flat = np.ravel_multi_index(tuple(np.atleast_1d(index)), theta.shape)
-        # probes a pass: their copies of the parameter within STACK_BYTES, at least a pair
-        per_pass = max(2, int(STACK_BYTES // max(1, theta.nbytes)))
+        # the pairs a pass takes, as the numeric oracle's passes (``_stack_limit``)
+        pairs = _stack_limit(len(steps), theta, 2, cell, name)
         found = []
-        for start in range(0, len(values), per_pass):
-            chunk = values[start:start + per_pass]
+        for chunk in _chunks(values, 2 * pairs):
             found += [float(f) for f in losses(_stack(work, name, np.full(len(chunk), flat),
                                                       chunk, cell))]
     # (L(theta + h) - L(theta - h)) / 2h
